@@ -15,8 +15,10 @@ from typing import Any, Literal, Optional
 
 import yaml
 
+from .errors import UserError
 
-class ConfigError(ValueError):
+
+class ConfigError(UserError, ValueError):
     """A user-facing configuration problem; the message names the key and the file."""
 
 
