@@ -1,0 +1,175 @@
+"""The reference loader: PyAV decoding + PIL transforms in a torch DataLoader.
+
+It is the correctness oracle for the DALI pipeline, the fallback where DALI cannot decode a
+codec, and a benchmark baseline. It decodes each clip once, in order, up to the last sampled
+frame (no seeking, so every frame index means the n-th decoded frame, as in the manifest), and
+applies CLIP's transform: short side to R (bicubic), center crop R, CLIP mean/std. Frames past
+the clip's samples are zeros after normalisation, with mask 0.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+from .sampling import frame_indices, frame_order_permutation
+from .sharding import shard_order
+from .text import Tokenizer
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+    from .msvd import MSVDSplit
+
+log = logging.getLogger("clip4clip_dali")
+
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+
+
+class DecodeError(RuntimeError):
+    pass
+
+
+def decode_frames(path: str | Path, indices: np.ndarray) -> list:
+    """The frames at ``indices`` (sorted, counted in decode order) as RGB PIL images."""
+    import av
+
+    wanted = set(int(i) for i in indices)
+    last = int(max(indices)) if len(indices) else -1
+    frames: dict[int, object] = {}
+    try:
+        with av.open(str(path)) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            for n, frame in enumerate(container.decode(stream)):
+                if n in wanted:
+                    frames[n] = frame.to_image()
+                if n >= last:
+                    break
+    except (av.error.FFmpegError, IndexError, OSError) as e:
+        if not frames:
+            raise DecodeError(f"{path}: {e}") from None
+        log.warning("%s: decoding stopped early (%s); using %d of %d sampled frames",
+                    path, e, len(frames), len(wanted))
+    return [frames[int(i)] for i in indices if int(i) in frames]
+
+
+def clip_transform(image, resolution: int) -> torch.Tensor:
+    """CLIP's preprocessing of one PIL image -> float32 (3, R, R), as the original applies it."""
+    import torchvision.transforms.functional as TF
+    from torchvision.transforms import InterpolationMode
+
+    image = TF.resize(image, resolution, interpolation=InterpolationMode.BICUBIC)
+    image = TF.center_crop(image, resolution)
+    tensor = TF.to_tensor(image.convert("RGB"))
+    return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
+
+
+def decode_clip(path: str | Path, indices: np.ndarray, resolution: int) -> torch.Tensor:
+    """Decoded and transformed frames at ``indices``: float32 (n, 3, R, R)."""
+    images = decode_frames(path, indices)
+    if not images:
+        raise DecodeError(f"{path}: no frame could be decoded")
+    return torch.stack([clip_transform(im, resolution) for im in images])
+
+
+def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Zero-pad (n, 3, R, R) to (max_frames, 3, R, R); mask is 1 on real frames."""
+    n = frames.shape[0]
+    out = frames.new_zeros((max_frames,) + tuple(frames.shape[1:]))
+    out[:n] = frames
+    mask = torch.zeros(max_frames, dtype=torch.int64)
+    mask[:n] = 1
+    return out, mask
+
+
+def clip_indices(info, data_cfg: "DataConfig") -> np.ndarray:
+    return frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
+                         data_cfg.max_frames, data_cfg.slice_framepos)
+
+
+class ClipDataset(Dataset):
+    """Train mode: item i is caption i with its video. Eval mode: item i is video i."""
+
+    def __init__(self, split: "MSVDSplit", data_cfg: "DataConfig", mode: str, seed: int = 0):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be train or eval, got {mode!r}")
+        self.split, self.cfg, self.mode, self.seed = split, data_cfg, mode, seed
+        self.epoch = 0
+        self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
+        if mode == "train":
+            self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
+
+    def __len__(self) -> int:
+        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
+
+    def __getitem__(self, i: int):
+        v = int(self.split.caption_video[i]) if self.mode == "train" else i
+        path = self.split.video_paths[v]
+        try:
+            frames = decode_clip(path, clip_indices(self.split.video_info[v], self.cfg),
+                                 self.cfg.image_resolution)
+        except DecodeError as e:
+            log.warning("skipping video that failed to decode: %s", e)
+            return None
+        rng = np.random.default_rng([self.seed, self.epoch, i])
+        frames = frames[torch.from_numpy(frame_order_permutation(len(frames), self.frame_order, rng))]
+        video, mask = pad_clip(frames, self.cfg.max_frames)
+        item = {"video": video, "video_mask": mask, "video_index": torch.tensor(v)}
+        if self.mode == "train":
+            item["text"], item["text_mask"] = self.text[i], self.text_mask[i]
+        return item
+
+
+def collate_clips(items: list) -> dict | None:
+    items = [it for it in items if it is not None]
+    if not items:
+        return None
+    return {k: torch.stack([it[k] for it in items]) for k in items[0]}
+
+
+class ReferenceLoader:
+    """Batches of one rank's shard; ``len`` is the number of batches this rank yields."""
+
+    backend = "reference"
+
+    def __init__(self, split: "MSVDSplit", data_cfg: "DataConfig", mode: str, batch_size: int,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 seed: int = 0, num_workers: int | None = None):
+        self.dataset = ClipDataset(split, data_cfg, mode, seed)
+        self.mode, self.batch_size, self.seed = mode, batch_size, seed
+        self.rank, self.world_size = rank, world_size
+        self.device = torch.device(device)
+        self.num_workers = data_cfg.num_workers if num_workers is None else num_workers
+        self.prefetch = data_cfg.prefetch
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        train = self.mode == "train"
+        return shard_order(len(self.dataset), self.epoch, self.seed, shuffle=train,
+                           num_shards=self.world_size, shard_id=self.rank, drop_last=train,
+                           batch_size=self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.indices())
+        return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
+
+    def __iter__(self):
+        self.dataset.epoch = self.epoch
+        workers = self.num_workers
+        loader = DataLoader(self.dataset, batch_size=self.batch_size,
+                            sampler=self.indices().tolist(), collate_fn=collate_clips,
+                            num_workers=workers, drop_last=self.mode == "train",
+                            prefetch_factor=self.prefetch if workers > 0 else None,
+                            pin_memory=self.device.type == "cuda")
+        for batch in loader:
+            if batch is None:
+                continue
+            yield {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}

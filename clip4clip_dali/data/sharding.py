@@ -1,0 +1,28 @@
+"""Which samples each process reads in an epoch: DistributedSampler semantics, one function.
+
+Training shuffles with a seed shared by all ranks and reshuffled every epoch, and may drop the
+tail so every rank runs the same number of full batches. Evaluation keeps every sample exactly
+once: shards may then differ in length by one, and nothing is padded or duplicated.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+
+def shard_order(n: int, epoch: int, seed: int, shuffle: bool, num_shards: int = 1,
+                shard_id: int = 0, drop_last: bool = False, batch_size: int = 1) -> np.ndarray:
+    """Indices into ``range(n)`` that shard ``shard_id`` of ``num_shards`` reads this epoch.
+
+    With ``drop_last`` the global order is cut to a whole number of global batches
+    (``batch_size`` per shard), so every shard yields the same number of full batches.
+    """
+    if not 0 <= shard_id < num_shards:
+        raise ValueError(f"shard_id {shard_id} is outside 0..{num_shards - 1}")
+    if shuffle:
+        order = np.random.default_rng([seed, epoch]).permutation(n)
+    else:
+        order = np.arange(n)
+    if drop_last:
+        per_step = batch_size * num_shards
+        order = order[: (n // per_step) * per_step]
+    return order[shard_id::num_shards].astype(np.int64)
