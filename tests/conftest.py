@@ -1,0 +1,42 @@
+"""Shared test fixtures: paths to the real data beside the checkout, and tiny encoded clips."""
+from __future__ import annotations
+
+import os
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+REALDATA = Path(os.environ.get("CLIP4CLIP_REALDATA", REPO.parent / "shared" / "realdata"))
+MINI_MSVD = REALDATA / "mini_msvd"
+
+
+def require_realdata() -> Path:
+    if not MINI_MSVD.is_dir():
+        pytest.skip(f"real data not found at {REALDATA} (set CLIP4CLIP_REALDATA)")
+    return REALDATA
+
+
+def write_clip(path: Path, frames: int, fps=30, width=64, height=48, codec="libvpx-vp9",
+               seed=0) -> Path:
+    """Encode ``frames`` frames of smooth random colour fields (each frame distinct)."""
+    import av
+
+    rng = np.random.default_rng(seed)
+    base = rng.integers(0, 255, size=(height // 8 + 1, width // 8 + 1, 3)).astype(np.float32)
+    rate = Fraction(fps).limit_denominator(1001) if not isinstance(fps, Fraction) else fps
+    with av.open(str(path), "w") as out:
+        stream = out.add_stream(codec, rate=rate)
+        stream.width, stream.height = width, height
+        stream.pix_fmt = "yuvj420p" if codec == "mjpeg" else "yuv420p"
+        for i in range(frames):
+            img = np.kron(base, np.ones((8, 8, 1), np.float32))[:height, :width]
+            img = np.clip(img + 40 * np.sin(i / 3 + np.arange(3)), 0, 255).astype(np.uint8)
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    return path
