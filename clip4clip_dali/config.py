@@ -176,7 +176,7 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
 
 def _build(cls: type, raw: dict, prefix: str, source: str) -> Any:
     if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {prefix or 'the top level'} must be a mapping, "
+        raise ConfigError(f"{source}: {prefix.rstrip('.') or 'the top level'} must be a mapping, "
                           f"got {type(raw).__name__}.")
     hints = typing.get_type_hints(cls)
     names = {f.name for f in dataclasses.fields(cls)}
