@@ -90,10 +90,13 @@ def _count_demux(container, stream, verify_tail: bool = True) -> int:
     """
     n = 0
     tail: list = []  # packets from the last keyframe on
+    end = 0.0
     for pkt in container.demux(stream):
         if pkt.size <= 0 or pkt.is_corrupt or pkt.is_discard:
             continue
         n += 1
+        if pkt.pts is not None and pkt.time_base:
+            end = max(end, float((pkt.pts + (pkt.duration or 0)) * pkt.time_base))
         if pkt.is_keyframe:
             tail = [pkt]
         elif tail is not None:
@@ -101,17 +104,31 @@ def _count_demux(container, stream, verify_tail: bool = True) -> int:
             if len(tail) > TAIL_MAX_PACKETS:
                 tail = None  # GOP too long to check cheaply; stop collecting until next key
     if not verify_tail or not tail:
-        return n
+        return n, end
     ctx = stream.codec_context
     got = 0
     for pkt in tail:
         got += len(ctx.decode(pkt))
     got += len(ctx.decode(None))
-    return n - len(tail) + got
+    return n - len(tail) + got, end
 
 
-def _count_decode(container, stream) -> int:
-    return sum(1 for _ in container.decode(stream))
+def _count_decode(container, stream) -> tuple[int, float]:
+    n, end = 0, 0.0
+    for frame in container.decode(stream):
+        n += 1
+        if frame.time is not None:
+            end = max(end, frame.time)
+    return n, end + (1.0 / float(stream.average_rate) if n and stream.average_rate else 0.0)
+
+
+def _header_seconds(container, stream) -> Optional[float]:
+    """How long the container header says the video lasts (None when it says nothing)."""
+    if stream.duration and stream.time_base:
+        return float(stream.duration * stream.time_base)
+    if container.duration and len(container.streams) == 1:
+        return container.duration / 1e6
+    return None
 
 
 def _header_frames(container, stream, fps: float) -> Optional[int]:
@@ -160,15 +177,24 @@ def probe_video(path, count: str = "demux") -> VideoInfo:
         info["fps"] = fps
         if width <= 0 or height <= 0:
             return _bad(path, size, mtime, "no frame size (width/height unknown)", **info)
+        span = 0.0  # seconds covered by the frames found (0: unknown)
         if count == "header" and stream.frames > 0:
             frames = int(stream.frames)
         else:
             try:
-                frames = (_count_decode if count == "decode" else _count_demux)(container, stream)
+                frames, span = (_count_decode if count == "decode" else _count_demux)(
+                    container, stream)
             except Exception as err:
                 return _bad(path, size, mtime, f"damaged stream ({_short(err)})", **info)
         if frames <= 0:
             return _bad(path, size, mtime, "no frames in the video stream", **info)
+        header = _header_seconds(container, stream)
+        if span > 0 and header and header - span <= max(2.0 / fps, 0.1 * header) \
+                and abs(frames / fps - span) > max(2.0 / fps, 0.1 * span):
+            # Variable frame rate: the frames cover the whole announced span, at another
+            # average rate than the nominal one. Sampling indexes frames, so use the average.
+            fps = frames / span
+            info["fps"] = fps
         expected = _header_frames(container, stream, fps)
         if expected is not None and expected - frames > max(2, 0.1 * expected):
             return _bad(path, size, mtime,
