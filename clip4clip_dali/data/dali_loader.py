@@ -1,0 +1,376 @@
+"""The DALI loader: one pipeline graph that decodes, resizes, crops, normalises and pads clips.
+
+The graph (``video_pipeline``) is the same on both devices: with ``device_id`` set (the rank's
+GPU) the decoder is ``mixed`` (NVDEC) and every later operator runs on the GPU; with
+``device_id=None`` the whole graph runs on the CPU (VP8, VP9 and MJPEG only there).
+
+Per sample, an external source feeds the encoded file bytes, the frame indices CLIP4Clip samples
+(``sampling.frame_indices``, sorted) and the resize target. The graph then does
+
+    decoders.video(frames=indices, pad_mode="none")     # exactly those frames, or an error
+    resize(size=(R, int(R*W/H)) short side R, cubic, antialias)   # torchvision's size rule
+    crop_mirror_normalize(crop R x R centre, CLIP mean/std, float, FCHW)
+    pad(axis F to max_frames, fill 0)                   # zeros *after* normalisation
+
+so its output equals the reference loader's (PyAV + PIL) within a small interpolation and
+colour-conversion error. ``pad_mode="none"`` matters: with the default the decoder pads a
+missing frame (past the real end of a truncated file) with black, which would silently enter
+the loss; with "none" it fails instead and the sample is dropped (see below).
+
+The frame-order permutation (reverse / shuffle, ``data.*_frame_order``) is applied on the torch
+side after decoding, with the same per-sample generator as the reference loader; decoding in
+sorted order keeps the CPU decoder from restarting (it never seeks). Captions are tokenised
+once and joined to the batch on the torch side.
+
+Sharding: ``sharding.shard_order`` gives each rank its part of the epoch (shared seed,
+reshuffled each epoch, DistributedSampler semantics). Training yields ``len(self)`` full batches
+on every rank (the global tail is dropped), evaluation yields every sample of the shard once,
+the last batch partial.
+
+Broken videos: DALI reports a decode failure as one exception for the whole batch, without
+naming the sample. On such an error the loader rebuilds the pipeline, decodes every sample
+still in flight alone to find the culprit(s), logs a warning naming each file, remembers them
+(skipped in later epochs too) and replays the good samples. In training a batch keeps its size:
+the hole is filled with the next samples of the rank's order (wrapping around at the end), so
+every rank still runs the same number of equal batches. In evaluation the video is missing from
+the output (its ``video_index`` never appears).
+"""
+from __future__ import annotations
+
+import collections
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Iterator, Optional
+
+import numpy as np
+import torch
+
+from .reference import CLIP_MEAN, CLIP_STD
+from .sampling import frame_indices, frame_order_permutation
+from .sharding import shard_order
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+    from .msvd import MSVDSplit
+
+log = logging.getLogger("clip4clip_dali")
+
+# Codec names as PyAV/FFmpeg report them (manifest ``VideoInfo.codec``).
+CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
+GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"})
+_CODEC_ALIASES = {
+    "libvpx": "vp8", "libvpx-vp8": "vp8", "libvpx-vp9": "vp9", "h265": "hevc", "avc": "h264",
+    "avc1": "h264", "libdav1d": "av1", "libaom-av1": "av1", "av1_cuvid": "av1",
+    "h264_cuvid": "h264", "hevc_cuvid": "hevc", "jpeg": "mjpeg", "mp4v": "mpeg4",
+}
+
+
+def normalize_codec(name: str) -> str:
+    name = (name or "").strip().lower()
+    return _CODEC_ALIASES.get(name, name)
+
+
+def supported_codecs(device: torch.device) -> frozenset:
+    return GPU_CODECS if torch.device(device).type == "cuda" else CPU_CODECS
+
+
+def dali_import_error() -> Optional[str]:
+    """None when DALI can be imported, else why not."""
+    try:
+        import nvidia.dali  # noqa: F401
+        import nvidia.dali.plugin.pytorch  # noqa: F401
+    except Exception as e:  # ImportError, or a broken CUDA library
+        return f"{type(e).__name__}: {e}"
+    return None
+
+
+def resize_size(width: int, height: int, resolution: int) -> tuple[int, int]:
+    """(out_h, out_w) of torchvision's ``resize(img, R)``: short side R, long int(R*long/short)."""
+    if width <= height:
+        return int(resolution * height / width), resolution
+    return resolution, int(resolution * width / height)
+
+
+def _pipeline_fn():
+    """The ``@pipeline_def`` graph (built lazily so importing this module needs no DALI)."""
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    mean = [255.0 * m for m in CLIP_MEAN]
+    std = [255.0 * s for s in CLIP_STD]
+
+    @pipeline_def
+    def video_pipeline(source, resolution: int, max_frames: int, decode_device: str):
+        encoded, frames, size = fn.external_source(
+            source=source, num_outputs=3, batch=True,
+            dtype=[types.UINT8, types.INT32, types.FLOAT], ndim=[1, 1, 1])
+        video = fn.decoders.video(encoded, frames=frames, device=decode_device, pad_mode="none")
+        video = fn.resize(video, size=size, interp_type=types.INTERP_CUBIC, antialias=True)
+        video = fn.crop_mirror_normalize(video, crop=(resolution, resolution), mean=mean,
+                                         std=std, dtype=types.FLOAT, output_layout="FCHW")
+        return fn.pad(video, axis_names="F", shape=[max_frames], fill_value=0.0)
+
+    return video_pipeline
+
+
+class _Plan:
+    """The batches of one epoch on one rank, built lazily so failed samples can be put back.
+
+    Training (``num_batches`` set) always makes ``num_batches`` full batches: when broken
+    videos leave too few samples, the rank's order is reused from its start. Evaluation makes
+    chunks of the order until it is used up (the last one partial).
+    """
+
+    def __init__(self, order: list[int], batch_size: int, num_batches: Optional[int], usable):
+        self.queue = collections.deque(order)
+        self.order, self.batch_size, self.num_batches, self.usable = order, batch_size, num_batches, usable
+        self.made = 0
+        self.wrap = 0
+
+    def next_batch(self) -> Optional[list[int]]:
+        if self.num_batches is not None and self.made >= self.num_batches:
+            return None
+        batch: list[int] = []
+        while len(batch) < self.batch_size:
+            if self.queue:
+                i = self.queue.popleft()
+            elif self.num_batches is None:
+                break
+            else:
+                if not self.order or not any(self.usable(j) for j in self.order):
+                    return None
+                i = self.order[self.wrap % len(self.order)]
+                self.wrap += 1
+            if self.usable(i):
+                batch.append(i)
+        if not batch:
+            return None
+        self.made += 1
+        return batch
+
+    def put_back(self, batches: list[list[int]]) -> None:
+        """Batches made but never delivered: their samples come first again."""
+        self.made -= len(batches)
+        for i in reversed([i for b in batches for i in b]):
+            self.queue.appendleft(i)
+
+
+class _Source:
+    """The external source: takes batches from the plan, reads their files, tracks what is in flight."""
+
+    def __init__(self, loader: "DaliLoader", plan):
+        self.loader, self.plan = loader, plan
+        self.in_flight: collections.deque = collections.deque()
+
+    def __call__(self):
+        batch = self.plan.next_batch()
+        if batch is None:
+            raise StopIteration
+        self.in_flight.append(batch)
+        return self.loader._feed(batch)
+
+
+class _ListPlan:
+    def __init__(self, batches: list[list[int]]):
+        self.batches = collections.deque(batches)
+
+    def next_batch(self):
+        return self.batches.popleft() if self.batches else None
+
+
+class DaliLoader:
+    """Batches of one rank's shard decoded by DALI; ``len`` = batches this rank yields per epoch."""
+
+    backend = "dali"
+
+    def __init__(self, split: "MSVDSplit", data_cfg: "DataConfig", mode: str, batch_size: int,
+                 rank: int = 0, world_size: int = 1, device: torch.device | str = "cpu",
+                 seed: int = 0):
+        if mode not in ("train", "eval"):
+            raise ValueError(f"mode must be train or eval, got {mode!r}")
+        if batch_size < 1:
+            raise ValueError("batch_size must be at least 1")
+        self.split, self.cfg, self.mode = split, data_cfg, mode
+        self.batch_size, self.rank, self.world_size, self.seed = batch_size, rank, world_size, seed
+        self.device = torch.device(device)
+        if self.device.type == "cuda" and self.device.index is None:
+            self.device = torch.device("cuda", torch.cuda.current_device())
+        self.device_id = self.device.index if self.device.type == "cuda" else None
+        self.threads, self.prefetch = data_cfg.dali_threads, data_cfg.prefetch
+        self.resolution, self.max_frames = data_cfg.image_resolution, data_cfg.max_frames
+        self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
+        self.epoch = 0
+        self.bad_videos: set[int] = set()
+        # Per video: sampled indices and resize target, computed once.
+        self._indices: list[np.ndarray] = []
+        self._sizes: list[np.ndarray] = []
+        for v, info in enumerate(split.video_info):
+            idx = frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
+                                data_cfg.max_frames, data_cfg.slice_framepos)
+            self._indices.append(idx.astype(np.int32))
+            if len(idx) == 0 or info.width <= 0 or info.height <= 0:
+                log.warning("skipping video with no frames to sample: %s", split.video_paths[v])
+                self.bad_videos.add(v)
+                self._sizes.append(np.zeros(2, np.float32))
+            else:
+                self._sizes.append(np.asarray(resize_size(info.width, info.height,
+                                                          self.resolution), np.float32))
+        if mode == "train":
+            from .text import Tokenizer
+
+            self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
+        self._pipe = None
+
+    # ---- sample bookkeeping ------------------------------------------------------------
+    def _num_samples(self) -> int:
+        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
+
+    def _video_of(self, i: int) -> int:
+        return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        """This rank's sample indices this epoch (before skipping broken videos)."""
+        train = self.mode == "train"
+        return shard_order(self._num_samples(), self.epoch, self.seed, shuffle=train,
+                           num_shards=self.world_size, shard_id=self.rank, drop_last=train,
+                           batch_size=self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.indices())
+        return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
+
+    def _batches(self, order: list[int], num_batches: Optional[int]) -> Iterator[list[int]]:
+        """Chunks of ``order`` without known-bad videos. Training: exactly ``num_batches`` full
+        batches, wrapping around ``order`` when broken videos leave too few samples."""
+        pos, made = 0, 0
+        while num_batches is None or made < num_batches:
+            batch: list[int] = []
+            start = pos
+            while len(batch) < self.batch_size:
+                if pos >= len(order):
+                    if num_batches is None:
+                        break
+                    if pos == start or not order:
+                        return  # nothing usable is left at all
+                    order, pos, start = order, 0, 0  # wrap around (training only)
+                    if not any(self._video_of(i) not in self.bad_videos for i in order):
+                        return
+                i = order[pos]
+                pos += 1
+                if self._video_of(i) not in self.bad_videos:
+                    batch.append(i)
+            if not batch:
+                return
+            made += 1
+            yield batch
+
+    # ---- DALI -------------------------------------------------------------------------
+    def _feed(self, batch: list[int]):
+        enc, frames, sizes = [], [], []
+        for i in batch:
+            v = self._video_of(i)
+            enc.append(np.fromfile(self.split.video_paths[v], dtype=np.uint8))
+            frames.append(self._indices[v])
+            sizes.append(self._sizes[v])
+        return enc, frames, sizes
+
+    def _build(self, source, batch_size: int, prefetch: int):
+        pipe = _pipeline_fn()(
+            source, self.resolution, self.max_frames,
+            "mixed" if self.device_id is not None else "cpu",
+            batch_size=batch_size, num_threads=self.threads, device_id=self.device_id,
+            prefetch_queue_depth=prefetch, seed=self.seed)
+        pipe.build()
+        return pipe
+
+    def _to_torch(self, out) -> torch.Tensor:
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        tensor = out.as_tensor()
+        dst = torch.empty(tuple(tensor.shape()), dtype=torch.float32, device=self.device)
+        stream = torch.cuda.current_stream(self.device) if self.device.type == "cuda" else None
+        feed_ndarray(tensor, dst, cuda_stream=stream)
+        return dst
+
+    def _find_broken(self, samples: list[int]) -> list[int]:
+        """Decode each video of ``samples`` alone; warn about and remember those that fail."""
+        videos = [v for v in dict.fromkeys(self._video_of(i) for i in samples)
+                  if v not in self.bad_videos]
+        first = {}
+        for i in samples:
+            first.setdefault(self._video_of(i), i)
+        broken: list[int] = []
+        for v in videos:
+            pipe = self._build(_Source(self, _ListPlan([[first[v]]])), 1, 1)
+            try:
+                pipe.run()
+            except StopIteration:
+                pass
+            except Exception as e:  # DALI reports a decode failure as a RuntimeError
+                log.warning("skipping video that DALI failed to decode: %s (%s)",
+                            self.split.video_paths[v], _reason(e))
+                broken.append(v)
+                self.bad_videos.add(v)
+            finally:
+                del pipe
+        return broken
+
+    def _assemble(self, batch: list[int], video: torch.Tensor) -> dict:
+        n = len(batch)
+        videos = [self._video_of(i) for i in batch]
+        counts = [len(self._indices[v]) for v in videos]
+        mask = torch.zeros((n, self.max_frames), dtype=torch.int64)
+        for b, c in enumerate(counts):
+            mask[b, :c] = 1
+        if self.frame_order != 0:
+            for b, (i, c) in enumerate(zip(batch, counts)):
+                rng = np.random.default_rng([self.seed, self.epoch, i])
+                perm = torch.from_numpy(frame_order_permutation(c, self.frame_order, rng))
+                video[b, :c] = video[b, perm.to(video.device)]
+        out = {"video": video, "video_mask": mask.to(self.device),
+               "video_index": torch.tensor(videos, dtype=torch.int64).to(self.device)}
+        if self.mode == "train":
+            idx = torch.as_tensor(batch, dtype=torch.int64)
+            out["text"] = self.text[idx].to(self.device)
+            out["text_mask"] = self.text_mask[idx].to(self.device)
+        return out
+
+    def __iter__(self):
+        order = [int(i) for i in self.indices()]
+        num_batches = len(order) // self.batch_size if self.mode == "train" else None
+        plan = _Plan(order, self.batch_size, num_batches,
+                     lambda i: self._video_of(i) not in self.bad_videos)
+        while True:
+            source = _Source(self, plan)
+            pipe = self._build(source, self.batch_size, self.prefetch)
+            while True:
+                try:
+                    (out,) = pipe.run()
+                except StopIteration:
+                    return
+                except RuntimeError as e:
+                    error = e
+                    break
+                batch = source.in_flight.popleft()
+                yield self._assemble(batch, self._to_torch(out))
+            failed = list(source.in_flight)
+            del pipe
+            # Errors come back in order, so the oldest batch in flight failed; look at the
+            # others too if it alone holds no culprit.
+            if not failed or (not self._find_broken(failed[0]) and not self._find_broken(
+                    [i for b in failed[1:] for i in b])):
+                raise RuntimeError(f"the DALI pipeline failed, yet every video of the "
+                                   f"failing batch decodes alone: {_reason(error)}") from error
+            plan.put_back(failed)
+
+
+def _reason(err: BaseException) -> str:
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if "Failed" in ln or "failed" in ln or "error" in ln.lower() and "Critical" not in ln:
+            return ln[:300]
+    return (lines[-1] if lines else type(err).__name__)[:300]
