@@ -1,0 +1,251 @@
+"""Fine-tune CLIP4Clip.
+
+    python -m clip4clip_dali.train --config configs/msvd_meanP.yaml [--set key=value ...] [--resume PATH|auto]
+    torchrun --nproc_per_node=N -m clip4clip_dali.train --config ...
+
+The global batch is ``train.batch_size`` whatever the number of processes. Each epoch ends with
+an evaluation on the val split (``best.pt`` keeps the best text-to-video R@1); at the end the
+best weights are evaluated on the test split. Outputs in ``train.output_dir``: ``latest.pt``
+(full state, atomic), ``best.pt`` (weights), ``metrics.jsonl``, ``eval_*.json``, ``config.yaml``.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .config import Config, load_config
+from .errors import UserError, run_cli
+
+log = logging.getLogger("clip4clip_dali")
+
+
+def setup_logging(info: D.DistInfo) -> None:
+    level = logging.INFO if info.is_main else logging.WARNING
+    root = logging.getLogger("clip4clip_dali")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        prefix = f"[rank {info.rank}] " if info.world_size > 1 else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s",
+                                               "%H:%M:%S"))
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: Config, info: D.DistInfo) -> None:
+    """Generate the synthetic dataset when the config asks for one and it is missing."""
+    syn = cfg.data.synthetic
+    data_path = Path(cfg.data.data_path)
+    if syn.videos > 0 and not (data_path / "raw-captions.pkl").exists():
+        if info.is_main:
+            from .data.synthetic import generate_dataset
+
+            log.info("generating a synthetic dataset of %d %s clips at %s", syn.videos,
+                     syn.codec, data_path)
+            stats = generate_dataset(data_path, syn.videos, codec=syn.codec, seed=syn.seed)
+            log.info("synthetic dataset ready in %.1f s: %s", stats.get("seconds", 0.0),
+                     {k: stats[k] for k in ("videos", "captions", "splits") if k in stats})
+        D.barrier()
+
+
+def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
+    from .model import CLIP4Clip
+
+    model = CLIP4Clip.from_config(cfg.model, max_words=cfg.data.max_words,
+                                  max_frames=cfg.data.max_frames)
+    return model.to(device)
+
+
+def build_train_loader(cfg: Config, split, info: D.DistInfo):
+    from .data.loader import build_loader
+
+    return build_loader(cfg, split, "train", rank=info.rank, world_size=info.world_size,
+                        device=info.device)
+
+
+def _check_batch(cfg: Config, info: D.DistInfo) -> None:
+    bs, world, k = cfg.train.batch_size, info.world_size, cfg.train.gradient_accumulation_steps
+    if bs % (world * k):
+        raise UserError(f"train.batch_size {bs} must be divisible by the number of processes "
+                        f"({world}) x train.gradient_accumulation_steps ({k}); the global batch "
+                        f"is split evenly across processes and micro-steps.")
+
+
+def resolve_resume(cfg: Config, cli_resume: str | None) -> Path | None:
+    value = cli_resume if cli_resume is not None else cfg.train.resume
+    if not value:
+        return None
+    if value == "auto":
+        p = Path(cfg.train.output_dir) / "latest.pt"
+        return p if p.is_file() else None
+    p = Path(value)
+    if not p.is_file():
+        raise UserError(f"--resume {value}: no such checkpoint; pass the path of a latest.pt "
+                        f"or 'auto' to resume from {cfg.train.output_dir}/latest.pt when present.")
+    return p
+
+
+def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) -> dict:
+    """Train (and evaluate) according to ``cfg``. Returns a summary dict."""
+    from .data.msvd import load_split
+    from .engine import Trainer
+    from .evaluate import evaluate_split, print_results, write_results
+    from .optim import build_optimizer
+    from .tracking import Tracker, peak_flops, training_flops_per_sample
+
+    info = info or D.init_distributed()
+    setup_logging(info)
+    t_start = time.perf_counter()
+    tc = cfg.train
+    _check_batch(cfg, info)
+    out = Path(tc.output_dir)
+    if info.is_main:
+        out.mkdir(parents=True, exist_ok=True)
+        import yaml
+
+        (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    seed_everything(tc.seed)
+
+    # ---- data
+    prepare_data(cfg, info)
+    train_split = load_split(cfg.data, cfg.data.train_split)
+    if len(train_split.captions) == 0:
+        raise UserError(f"the {cfg.data.train_split} split of {cfg.data.data_path} has no usable "
+                        f"(video, caption) pair; check the split list and the videos under "
+                        f"{cfg.data.features_path}.")
+    val_split = None
+    if tc.eval_every_epoch:
+        val_split = load_split(cfg.data, cfg.data.val_split)
+        if val_split.num_videos == 0 or len(val_split.captions) == 0:
+            log.warning("the %s split is empty; no per-epoch evaluation", cfg.data.val_split)
+            val_split = None
+    loader = build_train_loader(cfg, train_split, info)
+    steps_per_epoch = len(loader)
+    if steps_per_epoch == 0:
+        raise UserError(f"the {cfg.data.train_split} split has {len(train_split.captions)} "
+                        f"captions, fewer than one global batch (train.batch_size "
+                        f"{tc.batch_size}); lower train.batch_size.")
+    total_steps = steps_per_epoch * tc.epochs
+    if tc.max_steps:
+        total_steps = min(total_steps, tc.max_steps)
+
+    # ---- model, precision, optimizer
+    model = build_model(cfg, info.device)
+    if tc.init_model:
+        ckpt.load_model_weights(model, tc.init_model)
+        log.info("initialised the model from %s", tc.init_model)
+    if tc.grad_checkpointing:
+        if not hasattr(model, "set_grad_checkpointing"):
+            raise UserError("train.grad_checkpointing is set but the model has no "
+                            "set_grad_checkpointing.")
+        model.set_grad_checkpointing(True)
+    if tc.precision == "fp16_weights":
+        model.convert_clip_to_fp16()
+    optimizer, scheduler = build_optimizer(tc, model, total_steps, info.device)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "amp_fp16")
+
+    train_model = model
+    if info.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
+            broadcast_buffers=False)
+    if tc.compile:
+        train_model = torch.compile(train_model)
+
+    fl = training_flops_per_sample(model, cfg.data.max_frames, cfg.data.max_words,
+                                   cfg.data.image_resolution)
+    peak = peak_flops(info.device)
+    trainer = Trainer(cfg, info, model, train_model, optimizer, scheduler, scaler, loader,
+                      val_split, None, total_steps)
+    resume_path = resolve_resume(cfg, resume)
+    if resume_path is not None:
+        obj = ckpt.load(resume_path, map_location=info.device)
+        _warn_config_change(obj.get("config") or {}, cfg.to_dict())
+        trainer.load_state(obj)
+        log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", resume_path,
+                 trainer.state.epoch, trainer.state.step, trainer.state.batch_in_epoch)
+    tracker = Tracker(out, info.is_main, total_steps, fl, peak,
+                      frames_per_sample=cfg.data.max_frames, log_every=tc.log_every,
+                      start_step=trainer.state.step)
+    trainer.tracker = tracker
+    n_params = sum(p.numel() for p in model.parameters())
+    n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    log.info("%s on %s (%d process(es)), loader %s, %d steps/epoch, %d steps, %.1fM params "
+             "(%.1fM trained), precision %s%s", cfg.model.sim_header, info.device,
+             info.world_size, getattr(loader, "backend", "?"), steps_per_epoch, total_steps,
+             n_params / 1e6, n_train / 1e6, tc.precision, ", compiled" if tc.compile else "")
+
+    try:
+        status = trainer.fit()
+    finally:
+        tracker.close()
+    summary = {"status": status, "steps": trainer.state.step, "epoch": trainer.state.epoch,
+               "skipped_steps": trainer.state.skipped, "best_val_t2v_R1": trainer.state.best_metric,
+               "best_epoch": trainer.state.best_epoch, "losses": trainer.losses,
+               "train_seconds": round(time.perf_counter() - t_start, 2)}
+    if status == "done" and cfg.eval.test_at_end:
+        test_split = load_split(cfg.data, cfg.data.test_split)
+        if test_split.num_videos and len(test_split.captions):
+            best = out / "best.pt"
+            if best.is_file():
+                ckpt.load_model_weights(model, best)
+            res = evaluate_split(model, cfg, test_split, info)
+            res["checkpoint"] = str(best) if best.is_file() else "final weights"
+            summary["test"] = res
+            if info.is_main:
+                print_results(res, f"{test_split.name} ({res['checkpoint']})")
+                write_results(res, out, f"eval_{test_split.name}.json")
+                chance = 100.0 / max(res["videos"], 1)
+                log.info("test t2v R@1 %.1f (chance %.1f), v2t R@1 %.1f",
+                         res["plain"]["t2v"]["R1"], chance, res["plain"]["v2t"]["R1"])
+    summary["seconds"] = round(time.perf_counter() - t_start, 2)
+    if info.is_main:
+        write_results({k: v for k, v in summary.items() if k != "losses"}, out, "summary.json")
+    return summary
+
+
+def _warn_config_change(old: dict, new: dict, prefix: str = "") -> None:
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            _warn_config_change(a, b, prefix + k + ".")
+        elif a != b and not (prefix + k).startswith("train.resume"):
+            log.warning("resume: %s%s was %r in the checkpoint, now %r", prefix, k, a, b)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m clip4clip_dali.train",
+                                description="Fine-tune CLIP4Clip for text-video retrieval.")
+    p.add_argument("--config", default=None,
+                   help="YAML config (default: the built-in defaults = configs/msvd_meanP.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config key, e.g. --set train.batch_size=64 (repeatable)")
+    p.add_argument("--resume", default=None, metavar="PATH|auto",
+                   help="continue from a full checkpoint; 'auto' = <output_dir>/latest.pt if any")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config, args.set)
+    info = D.init_distributed()
+    try:
+        summary = run(cfg, args.resume, info)
+    finally:
+        D.cleanup()
+    return 0 if summary["status"] in ("done", "stopped") else 1
+
+
+if __name__ == "__main__":
+    run_cli(main)
