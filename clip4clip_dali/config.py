@@ -96,6 +96,7 @@ class EvalConfig:
     split: str = "val"
     sim_chunk: int = 1024  # captions per similarity chunk
     dsl: bool = False  # also report dual-softmax re-ranked metrics
+    test_at_end: bool = True  # train: evaluate best.pt on data.test_split when training ends
 
 
 @dataclass
