@@ -1,0 +1,102 @@
+"""``build_loader``: the one entry point the trainer and evaluator use to get batches.
+
+``cfg.data.loader`` picks the backend: ``dali`` (NVIDIA DALI, NVDEC on a GPU, its CPU decoder
+otherwise), ``reference`` (PyAV + PIL in a torch DataLoader) or ``auto``: DALI where it is
+installed and can decode every codec of the split on that device (CPU: VP8, VP9, MJPEG; GPU:
+H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, MJPEG), the reference loader otherwise. The choice
+and its reason are logged once (logger ``clip4clip_dali``).
+"""
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from typing import TYPE_CHECKING
+
+import torch
+
+from ..errors import UserError
+from .dali_loader import (DaliLoader, dali_import_error, normalize_codec, supported_codecs)
+from .reference import ReferenceLoader
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from .msvd import MSVDSplit
+
+log = logging.getLogger("clip4clip_dali")
+
+
+def per_rank_batch(global_batch: int, world_size: int, what: str) -> int:
+    if global_batch < world_size:
+        raise UserError(f"{what} = {global_batch} is smaller than the number of processes "
+                        f"({world_size}); every process needs at least one sample a batch.")
+    if global_batch % world_size:
+        log.warning("%s = %d is not a multiple of %d processes; each uses %d", what,
+                    global_batch, world_size, global_batch // world_size)
+    return global_batch // world_size
+
+
+def undecodable(split: "MSVDSplit", device: torch.device) -> dict[str, list[str]]:
+    """Codec -> files of the split that DALI cannot decode on ``device``."""
+    ok = supported_codecs(device)
+    bad: dict[str, list[str]] = {}
+    for path, info in zip(split.video_paths, split.video_info):
+        codec = normalize_codec(getattr(info, "codec", "") if info is not None else "")
+        if codec not in ok:
+            bad.setdefault(codec or "unknown", []).append(str(path))
+    return bad
+
+
+def _where(device: torch.device) -> str:
+    return "the GPU (NVDEC)" if device.type == "cuda" else "the CPU"
+
+
+def choose_backend(choice: str, split: "MSVDSplit", device: torch.device) -> tuple[str, str]:
+    """(backend, reason). Raises UserError for an explicit ``dali`` that cannot work."""
+    device = torch.device(device)
+    if choice == "reference":
+        return "reference", "data.loader=reference"
+    err = dali_import_error()
+    if err is not None:
+        if choice == "dali":
+            raise UserError(f"data.loader=dali, but NVIDIA DALI cannot be imported ({err}). "
+                            f"Install it (pip install nvidia-dali-cuda130) or set "
+                            f"data.loader=reference.")
+        return "reference", f"NVIDIA DALI is not installed ({err.splitlines()[0][:120]})"
+    bad = undecodable(split, device)
+    if bad:
+        codec, files = max(bad.items(), key=lambda kv: len(kv[1]))
+        n = sum(len(f) for f in bad.values())
+        what = (f"{n} of {split.num_videos} videos of split {split.name} use codecs DALI cannot "
+                f"decode on {_where(device)} ({', '.join(sorted(bad))}; e.g. {files[0]})")
+        if choice == "dali":
+            hint = ("transcode them with `python pipelines/prepare_msvd.py --src <videos> --out "
+                    "<new folder>` (VP9) and point data.features_path there, run on a GPU, or "
+                    "set data.loader=reference")
+            raise UserError(f"data.loader=dali, but {what}: {hint}.")
+        return "reference", (f"{what}; run pipelines/prepare_msvd.py to transcode them for "
+                             f"DALI")
+    codecs = Counter(normalize_codec(i.codec) for i in split.video_info)
+    return "dali", (f"DALI decodes every codec of split {split.name} on {_where(device)} "
+                    f"({', '.join(sorted(codecs))})" if choice == "auto" else "data.loader=dali")
+
+
+def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
+                 world_size: int = 1, device: torch.device | str = "cpu"):
+    """Batches of ``split`` for this rank: ``mode`` "train" (caption/video pairs, shuffled,
+    full batches of ``train.batch_size // world_size``) or "eval" (each video once across
+    ranks, ``train.eval_batch_size // world_size`` a batch)."""
+    if mode not in ("train", "eval"):
+        raise ValueError(f"mode must be train or eval, got {mode!r}")
+    device = torch.device(device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
+    if mode == "train":
+        batch = per_rank_batch(cfg.train.batch_size, world_size, "train.batch_size")
+    else:
+        batch = max(1, cfg.train.eval_batch_size // world_size)
+    backend, reason = choose_backend(cfg.data.loader, split, device)
+    log.info("data loader for %s (%s): %s on %s, %s", split.name, mode, backend, device, reason)
+    common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
+    if backend == "dali":
+        return DaliLoader(split, cfg.data, mode, batch, **common)
+    return ReferenceLoader(split, cfg.data, mode, batch, **common)

@@ -1,0 +1,173 @@
+"""The DALI pipeline on the CPU against the reference loader, sharding, partial batches, broken
+videos. These run in CI (DALI is installed there); only the GPU tests at the end need CUDA."""
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from clip4clip_dali.config import DataConfig
+from clip4clip_dali.data.dali_loader import DaliLoader, resize_size
+from clip4clip_dali.data.msvd import load_split
+from clip4clip_dali.data.reference import ReferenceLoader
+from dali_fixtures import make_dataset, pixel_mae
+
+SPECS = [dict(frames=40, fps=10, codec="vp9"),
+         dict(frames=25, fps=5, codec="mjpeg", width=48, height=64),  # portrait
+         dict(frames=75, fps=25, codec="vp9", width=80, height=48),
+         dict(frames=33, fps=10, codec="mjpeg"),
+         dict(frames=12, fps=6, codec="vp9", width=48, height=48)]
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("dali_ds"), SPECS)
+
+
+def _cfg(dataset, **kw) -> DataConfig:
+    data, videos = dataset
+    base = dict(data_path=str(data), features_path=str(videos), max_frames=6,
+                image_resolution=32, dali_threads=1, prefetch=2)
+    base.update(kw)
+    return DataConfig(**base)
+
+
+def assert_same_batches(dali_batches, ref_batches, tol=2.0):
+    assert len(dali_batches) == len(ref_batches)
+    for a, b in zip(dali_batches, ref_batches):
+        assert a.keys() == b.keys()
+        for k in a:
+            assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+        assert torch.equal(a["video_index"], b["video_index"])
+        assert torch.equal(a["video_mask"].cpu(), b["video_mask"].cpu())
+        for k in ("text", "text_mask"):
+            if k in a:
+                assert torch.equal(a[k].cpu(), b[k].cpu())
+        for i in range(len(a["video"])):
+            n = int(a["video_mask"][i].sum())
+            assert n > 0
+            assert pixel_mae(a["video"][i, :n], b["video"][i, :n]) < tol
+            assert not a["video"][i, n:].any()  # padding is zero after normalisation
+
+
+@pytest.mark.parametrize("mode", ["eval", "train"])
+def test_dali_cpu_equals_reference(dataset, mode):
+    cfg = _cfg(dataset)
+    split = load_split(cfg, "test")
+    assert {i.codec for i in split.video_info} == {"vp9", "mjpeg"}
+    dali = list(DaliLoader(split, cfg, mode, 3, seed=7))
+    ref = list(ReferenceLoader(split, cfg, mode, 3, seed=7, num_workers=0))
+    assert_same_batches(dali, ref)
+    assert all(b["video"].shape[1:] == (6, 3, 32, 32) for b in dali)
+    assert all(b["video"].dtype == torch.float32 and b["video_mask"].dtype == torch.int64
+               for b in dali)
+
+
+def test_frame_order_reverse_and_shuffle(dataset):
+    cfg = _cfg(dataset, eval_frame_order=1, train_frame_order=2)
+    split = load_split(cfg, "test")
+    for mode in ("eval", "train"):
+        dali = list(DaliLoader(split, cfg, mode, 5, seed=3))
+        ref = list(ReferenceLoader(split, cfg, mode, 5, seed=3, num_workers=0))
+        assert_same_batches(dali, ref)
+
+
+def test_resize_rule_matches_torchvision():
+    assert resize_size(80, 48, 32) == (32, 53)  # (h, w): int(32 * 80 / 48)
+    assert resize_size(48, 64, 32) == (42, 32)  # portrait
+    assert resize_size(50, 50, 32) == (32, 32)
+
+
+def test_partial_last_eval_batch_and_len(dataset):
+    cfg = _cfg(dataset)
+    split = load_split(cfg, "test")
+    loader = DaliLoader(split, cfg, "eval", 2)
+    sizes = [len(b["video_index"]) for b in loader]
+    assert sizes == [2, 2, 1] and len(loader) == 3
+    train = DaliLoader(split, cfg, "train", 4)  # 10 captions -> 2 full batches, tail dropped
+    sizes = [len(b["video_index"]) for b in train]
+    assert sizes == [4, 4] and len(train) == 2
+
+
+def test_two_shards_disjoint_complete_and_reshuffled(dataset):
+    cfg = _cfg(dataset)
+    split = load_split(cfg, "test")
+    # Evaluation: every video exactly once across the two ranks (shards may differ by one).
+    seen = []
+    for rank in range(2):
+        loader = DaliLoader(split, cfg, "eval", 2, rank=rank, world_size=2)
+        seen.append([int(i) for b in loader for i in b["video_index"]])
+    assert not set(seen[0]) & set(seen[1])
+    assert sorted(seen[0] + seen[1]) == list(range(split.num_videos))
+    # Training: per epoch, disjoint caption samples, all ranks the same batch count, new order.
+    orders = {}
+    for epoch in range(2):
+        per_rank = []
+        for rank in range(2):
+            loader = DaliLoader(split, cfg, "train", 2, rank=rank, world_size=2, seed=1)
+            loader.set_epoch(epoch)
+            texts = [tuple(t.tolist()) for b in loader for t in b["text"]]
+            assert len(texts) == len(loader) * 2
+            per_rank.append(loader.indices().tolist())
+            assert len(texts) == len(per_rank[-1])
+        assert not set(per_rank[0]) & set(per_rank[1])
+        assert len(per_rank[0]) == len(per_rank[1]) == 2 * (len(split.captions) // 4)
+        orders[epoch] = per_rank
+    assert orders[0] != orders[1]
+
+
+def test_broken_video_is_skipped_with_a_warning(dataset, tmp_path, caplog):
+    data, videos = dataset
+    local = tmp_path / "videos"
+    shutil.copytree(videos, local)
+    cfg = _cfg((data, local))
+    split = load_split(cfg, "test")  # probed while every file is good
+    victim = split.video_paths[2]
+    raw = victim.read_bytes()
+    victim.write_bytes(raw[:200] + bytes(len(raw) - 200))  # broken after the manifest
+    with caplog.at_level(logging.WARNING, logger="clip4clip_dali"):
+        out = list(DaliLoader(split, cfg, "eval", 2))
+    got = sorted(int(i) for b in out for i in b["video_index"])
+    assert got == [0, 1, 3, 4]
+    assert any(victim.name in r.getMessage() for r in caplog.records)
+    ref = list(ReferenceLoader(split, cfg, "eval", 5, num_workers=0))
+    dali_all = {int(i): b["video"][k] for b in out for k, i in enumerate(b["video_index"])}
+    for k, i in enumerate(ref[0]["video_index"].tolist()):
+        if i in dali_all:
+            n = int(ref[0]["video_mask"][k].sum())
+            assert pixel_mae(dali_all[i][:n], ref[0]["video"][k][:n]) < 2.0
+    # Training keeps full batches (the hole is refilled) and never shows the broken video.
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="clip4clip_dali"):
+        train = DaliLoader(split, cfg, "train", 3)
+        batches = list(train)
+    assert len(batches) == len(train) == 3
+    assert all(len(b["video_index"]) == 3 for b in batches)
+    assert all(2 not in b["video_index"].tolist() for b in batches)
+    assert all(b["video_mask"].sum(1).min() > 0 for b in batches)
+
+
+# ---- GPU (NVDEC) -----------------------------------------------------------------------
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for NVDEC")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mpeg4", "mjpeg", "h264avi"])
+def test_dali_gpu_equals_reference(tmp_path, codec):
+    data, videos = make_dataset(tmp_path, [dict(frames=40, fps=10, codec=codec),
+                                           dict(frames=31, fps=30000 / 1001, codec=codec,
+                                                width=48, height=64),
+                                           dict(frames=50, fps=25, codec=codec, width=96,
+                                                height=64)])
+    cfg = _cfg((data, videos))
+    split = load_split(cfg, "test")
+    dev = torch.device("cuda", 0)
+    for mode in ("eval", "train"):
+        dali = list(DaliLoader(split, cfg, mode, 2, device=dev, seed=5))
+        assert all(t.device == dev for b in dali for t in b.values())
+        ref = list(ReferenceLoader(split, cfg, mode, 2, seed=5, num_workers=0))
+        assert_same_batches(dali, ref, tol=2.5)

@@ -1,0 +1,88 @@
+"""build_loader: backend choice (auto/dali/reference), its log line, user errors, batch sizes."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from clip4clip_dali.config import from_dict
+from clip4clip_dali.data import loader as loader_mod
+from clip4clip_dali.data.loader import build_loader, choose_backend
+from clip4clip_dali.data.msvd import load_split
+from clip4clip_dali.errors import UserError
+from dali_fixtures import make_dataset
+
+
+@pytest.fixture(scope="module")
+def datasets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("loader_ds")
+    vp9 = make_dataset(root / "vp9", [dict(frames=20, codec="vp9"), dict(frames=20, codec="mjpeg"),
+                                      dict(frames=10, codec="vp9")])
+    h264 = make_dataset(root / "h264", [dict(frames=20, codec="h264"), dict(frames=20, codec="vp9")])
+    return {"vp9": vp9, "h264": h264}
+
+
+def _cfg(ds, loader="auto", **train):
+    data, videos = ds
+    return from_dict({"data": {"data_path": str(data), "features_path": str(videos),
+                               "max_frames": 4, "image_resolution": 32, "loader": loader},
+                      "train": {"batch_size": 4, "eval_batch_size": 2, **train}})
+
+
+def test_auto_picks_dali_on_cpu_for_vp9_mjpeg(datasets, caplog):
+    cfg = _cfg(datasets["vp9"])
+    split = load_split(cfg.data, "train")
+    with caplog.at_level(logging.INFO, logger="clip4clip_dali"):
+        loader = build_loader(cfg, split, "train", device=torch.device("cpu"))
+    assert loader.backend == "dali"
+    assert any("dali" in r.getMessage() for r in caplog.records)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 1  # 6 captions, batch 4, tail dropped
+    b = batches[0]
+    assert set(b) == {"video", "video_mask", "text", "text_mask", "video_index"}
+    assert b["video"].shape == (4, 4, 3, 32, 32) and b["text"].shape == (4, 32)
+    ev = build_loader(cfg, split, "eval", device="cpu")
+    assert set(next(iter(ev))) == {"video", "video_mask", "video_index"}
+    assert [len(x["video_index"]) for x in ev] == [2, 1]
+
+
+def test_auto_falls_back_to_reference_for_h264_on_cpu(datasets, caplog):
+    cfg = _cfg(datasets["h264"])
+    split = load_split(cfg.data, "test")
+    with caplog.at_level(logging.INFO, logger="clip4clip_dali"):
+        loader = build_loader(cfg, split, "eval", device="cpu")
+    assert loader.backend == "reference"
+    msg = " ".join(r.getMessage() for r in caplog.records)
+    assert "h264" in msg and "prepare_msvd.py" in msg
+    assert sorted(int(i) for b in loader for i in b["video_index"]) == [0, 1]
+    # On a GPU, NVDEC would take it.
+    assert choose_backend("auto", split, torch.device("cuda", 0))[0] == "dali"
+
+
+def test_explicit_dali_with_undecodable_codec_is_a_user_error(datasets):
+    cfg = _cfg(datasets["h264"], loader="dali")
+    split = load_split(cfg.data, "test")
+    with pytest.raises(UserError) as err:
+        build_loader(cfg, split, "eval", device="cpu")
+    text = str(err.value)
+    assert "video0.mp4" in text and "prepare_msvd.py" in text and "loader=reference" in text
+
+
+def test_reference_when_asked_or_dali_missing(datasets, monkeypatch):
+    cfg = _cfg(datasets["vp9"], loader="reference")
+    split = load_split(cfg.data, "test")
+    assert build_loader(cfg, split, "eval").backend == "reference"
+    monkeypatch.setattr(loader_mod, "dali_import_error", lambda: "ImportError: no DALI")
+    assert choose_backend("auto", split, torch.device("cpu"))[0] == "reference"
+    with pytest.raises(UserError, match="cannot be imported"):
+        choose_backend("dali", split, torch.device("cpu"))
+
+
+def test_per_rank_batch_and_world_size(datasets):
+    cfg = _cfg(datasets["vp9"], batch_size=4)
+    split = load_split(cfg.data, "train")
+    parts = [build_loader(cfg, split, "train", rank=r, world_size=2) for r in range(2)]
+    assert all(p.batch_size == 2 for p in parts) and len(parts[0]) == len(parts[1]) == 1
+    with pytest.raises(UserError):
+        build_loader(_cfg(datasets["vp9"], batch_size=1), split, "train", world_size=2)
