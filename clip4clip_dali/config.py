@@ -61,6 +61,7 @@ class ModelConfig:
     loose_type: bool = True  # forced False for tightTransf, as in the original
     cross_num_hidden_layers: int = 4
     freeze_layer_num: int = 0  # -1 none; 0 embeddings/conv1/ln_pre; N also blocks < N
+    quick_gelu: Optional[bool] = None  # None: auto (OpenAI weights / -quickgelu names use QuickGELU)
 
 
 @dataclass
