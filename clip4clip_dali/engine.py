@@ -298,9 +298,7 @@ class Trainer:
                     st.epoch += 1
                     st.batch_in_epoch = 0
                     self.save_latest()
-                else:  # max_steps inside an epoch
-                    if cfg.eval_every_epoch:
-                        self.evaluate(st.epoch)
+                else:  # max_steps inside an epoch: save (resumable), no evaluation
                     self.save_latest()
                     break
                 if guard.requested:

@@ -138,8 +138,9 @@ def print_results(results: dict, split: str, console=None) -> None:
     from rich.console import Console
 
     table = format_table({k: v for k, v in results.items() if k in ("plain", "dsl")},
-                         title=f"{split}: {results['captions']} captions, "
-                               f"{results['videos']} videos ({results['seconds']:.1f} s)")
+                         title=split)
+    table.caption = (f"{results['captions']} captions, {results['videos']} videos, "
+                     f"{results['seconds']:.1f} s")
     (console or Console()).print(table)
 
 

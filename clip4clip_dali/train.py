@@ -140,9 +140,10 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
         raise UserError(f"the {cfg.data.train_split} split has {len(train_split.captions)} "
                         f"captions, fewer than one global batch (train.batch_size "
                         f"{tc.batch_size}); lower train.batch_size.")
-    total_steps = steps_per_epoch * tc.epochs
-    if tc.max_steps:
-        total_steps = min(total_steps, tc.max_steps)
+    # The schedule spans all epochs; max_steps only stops early (benchmarks, smoke runs), so a
+    # run cut by max_steps and resumed follows the same learning rates as an uninterrupted one.
+    schedule_steps = steps_per_epoch * tc.epochs
+    total_steps = min(schedule_steps, tc.max_steps) if tc.max_steps else schedule_steps
 
     # ---- model, precision, optimizer
     model = build_model(cfg, info.device)
@@ -156,7 +157,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
         model.set_grad_checkpointing(True)
     if tc.precision == "fp16_weights":
         model.convert_clip_to_fp16()
-    optimizer, scheduler = build_optimizer(tc, model, total_steps, info.device)
+    optimizer, scheduler = build_optimizer(tc, model, schedule_steps, info.device)
     scaler = torch.amp.GradScaler(info.device.type, enabled=tc.precision == "amp_fp16")
 
     train_model = model
