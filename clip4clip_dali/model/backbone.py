@@ -117,7 +117,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
             obj = torch.load(str(p), map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any read failure is the user's file
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "Unsupported global" in str(e):
+        if "Unsupported global" in str(e):
             raise UserError(f"model.pretrained: {p} holds Python objects besides tensors, which "
                             f"are not loaded for safety (torch.load weights_only=True); save only "
                             f"the state dict (torch.save(model.state_dict(), ...)) and pass that "
@@ -135,7 +135,7 @@ def read_checkpoint(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str
     sd = {k: v for k, v in obj.items() if isinstance(k, str) and torch.is_tensor(v)}
     if any(k in sd for k in _OPENAI_META_KEYS):
         info["openai"] = True
-    for k in _OPENAI_META_KEYS:
+    for k in _OPENAI_META_KEYS + ("attn_mask",):  # metadata, and a buffer traced archives keep
         sd.pop(k, None)
     if sd and all(k.startswith("module.") for k in sd):
         sd = {k[len("module."):]: v for k, v in sd.items()}
