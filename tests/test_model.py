@@ -62,7 +62,7 @@ def make_batch(n: int, seed: int = 0, frames: int = MAX_FRAMES) -> dict[str, tor
 # ==============================================================================================
 # tests
 # ==============================================================================================
-import collections  # noqa: E402
+import argparse  # noqa: E402
 import math  # noqa: E402
 import os  # noqa: E402
 import time  # noqa: E402
@@ -320,7 +320,7 @@ def test_checkpoint_errors(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="corrupt.pt.*truncated, corrupt"):
         tiny_model(pretrained=str(bad))
     pickled = tmp_path / "objects.pt"
-    torch.save({"state_dict": {}, "cls": collections.Counter(a=1)}, pickled)
+    torch.save({"state_dict": {}, "args": argparse.Namespace(lr=1.0)}, pickled)
     with pytest.raises(UserError, match="objects.pt holds Python objects"):
         tiny_model(pretrained=str(pickled))
     truncated = tmp_path / "truncated.pt"
