@@ -187,7 +187,10 @@ class Trainer:
         max_norm = cfg.max_grad_norm if cfg.max_grad_norm > 0 else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, max_norm) if self.params else \
             torch.zeros((), device=self.info.device)
-        loss_val = float(loss)
+        if cfg.local_loss and self.info.world_size > 1:  # each rank holds its share
+            loss_val = D.all_reduce_sum([float(loss)], self.info.device)[0] / self.info.world_size
+        else:
+            loss_val = float(loss)
         gn = float(grad_norm)
         bad_loss = not math.isfinite(loss_val)
         # Under amp_fp16 an inf gradient with a finite loss is the scaler's business (it skips

@@ -53,9 +53,9 @@ def training_flops_per_sample(model: torch.nn.Module, max_frames: int, max_words
     estimate is an upper bound on useful work, as nanoGPT's.
     """
     fps = getattr(model, "flops_per_sample", None)
-    if fps is not None:
+    if fps is not None:  # the model's forward FLOPs; backward costs about twice the forward
         value = fps() if callable(fps) else fps
-        return float(value) if value else None
+        return 3.0 * float(value) if value else None
     visual = None
     for name, mod in model.named_modules():
         if name.split(".")[-1] == "visual":
