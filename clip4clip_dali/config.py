@@ -27,6 +27,8 @@ class SyntheticConfig:
     videos: int = 0  # > 0: generate this many synthetic clips at data_path when it is missing
     codec: Literal["vp9", "mjpeg", "h264"] = "vp9"
     seed: int = 0
+    min_seconds: float = 2.0  # clip lengths are drawn in [min_seconds, max_seconds]
+    max_seconds: float = 20.0
 
 
 @dataclass
