@@ -1,0 +1,188 @@
+"""The trainer end to end on a tiny synthetic dataset (CPU): resume, DDP, precision, signals.
+
+Every run is a subprocess (as users run it), so OMP_WAIT_POLICY=PASSIVE is set before torch
+loads, and signals and exit codes are real.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs" / "demo.yaml")
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    from clip4clip_dali.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("syn") / "data"
+    generate_dataset(root, 16, codec="vp9", seed=1, min_seconds=2.0, max_seconds=3.0)
+    return root
+
+
+def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
+    sets = [f"data.data_path={data}", f"data.features_path={data / 'videos'}",
+            "data.synthetic.videos=0", "data.max_frames=2", "train.batch_size=8",
+            "train.epochs=1", "eval.test_at_end=false", "train.log_every=1",
+            f"train.output_dir={out}", "train.eval_batch_size=4", *extra]
+    return ["--config", DEMO] + [x for s in sets for x in ("--set", s)]
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONUNBUFFERED"] = "1"
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def run_train(args: list[str], timeout: float = 300, module: str = "clip4clip_dali.train",
+              torchrun: int = 0) -> subprocess.CompletedProcess:
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={torchrun}", "-m", module, *args]
+    else:
+        cmd = [sys.executable, "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def losses(out: Path) -> list[float]:
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    return [r["loss"] for r in recs if r["kind"] == "train"]
+
+
+def check(p: subprocess.CompletedProcess, rc: int = 0) -> None:
+    assert p.returncode == rc, f"rc {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\nSTDERR\n{p.stderr[-5000:]}"
+
+
+def test_resume_continues_exactly_and_evaluate_cli(tiny_data, tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    check(run_train(tiny_args(tiny_data, a, "train.epochs=2")))
+    full = losses(a)
+    assert len(full) >= 4 and all(map(lambda x: x == x, full))
+    # stop after 3 steps (mid-epoch), then resume: the same losses, bit for bit
+    check(run_train(tiny_args(tiny_data, b, "train.epochs=2", "train.max_steps=3")))
+    obj = torch.load(b / "latest.pt", weights_only=True)
+    assert obj["step"] == 3 and obj["batch_in_epoch"] == 3 and obj["epoch"] == 0
+    check(run_train(tiny_args(tiny_data, b, "train.epochs=2") + ["--resume", "auto"]))
+    assert losses(b) == full
+    # weights equal too
+    wa = torch.load(a / "latest.pt", weights_only=True)["model"]
+    wb = torch.load(b / "latest.pt", weights_only=True)["model"]
+    assert all(torch.equal(wa[k], wb[k]) for k in wa)
+    # best.pt by val R@1, and the evaluate CLI on it
+    assert (a / "best.pt").is_file()
+    p = run_train(["--config", DEMO, "--checkpoint", str(a / "best.pt"), "--split", "test",
+                   "--set", f"data.data_path={tiny_data}",
+                   "--set", f"data.features_path={tiny_data / 'videos'}",
+                   "--set", "data.max_frames=2", "--set", f"train.output_dir={a}",
+                   "--set", "eval.dsl=true"], module="clip4clip_dali.evaluate")
+    check(p)
+    res = json.loads((a / "eval_test.json").read_text())
+    assert set(res["plain"]) == {"t2v", "v2t"} and "dsl" in res
+    assert "R1" in p.stdout
+
+
+def test_two_ranks_match_one(tiny_data, tmp_path):
+    one, two = tmp_path / "one", tmp_path / "two"
+    extra = ("train.max_steps=3", "train.eval_every_epoch=true")
+    check(run_train(tiny_args(tiny_data, one, *extra)))
+    p = run_train(tiny_args(tiny_data, two, *extra), torchrun=2, timeout=400)
+    check(p)
+    l1, l2 = losses(one), losses(two)
+    assert len(l1) == len(l2) == 3
+    assert l1 == pytest.approx(l2, rel=1e-4, abs=1e-5)
+    w1 = torch.load(one / "latest.pt", weights_only=True)["model"]
+    w2 = torch.load(two / "latest.pt", weights_only=True)["model"]
+    for k in w1:
+        assert torch.allclose(w1[k], w2[k], rtol=1e-4, atol=1e-5), k
+
+
+def test_amp_bf16_with_compile(tiny_data, tmp_path):
+    out = tmp_path / "c"
+    check(run_train(tiny_args(tiny_data, out, "train.precision=amp_bf16", "train.compile=true",
+                              "train.max_steps=2", "train.eval_every_epoch=false"), timeout=400))
+    ls = losses(out)
+    assert len(ls) == 2 and all(x == x and abs(x) < 1e4 for x in ls)
+
+
+def test_accumulation_and_fp16_modes_run(tiny_data, tmp_path):
+    out = tmp_path / "acc"
+    check(run_train(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
+                              "train.precision=amp_fp16", "train.max_steps=2",
+                              "train.eval_every_epoch=false")))
+    assert len(losses(out)) == 2
+
+
+def test_sigterm_saves_and_exits_zero(tiny_data, tmp_path):
+    out = tmp_path / "sig"
+    cmd = [sys.executable, "-m", "clip4clip_dali.train",
+           *tiny_args(tiny_data, out, "train.epochs=50", "train.eval_every_epoch=false")]
+    p = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if (out / "metrics.jsonl").is_file() and losses(out):
+                break
+            if p.poll() is not None:
+                break
+            time.sleep(0.1)
+        assert p.poll() is None, p.communicate()[1][-3000:]
+        p.send_signal(signal.SIGTERM)
+        _, err = p.communicate(timeout=120)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, err[-3000:]
+    obj = torch.load(out / "latest.pt", weights_only=True)
+    assert obj["step"] >= 1
+    assert "SIGTERM" in err
+
+
+def test_nonfinite_stop_reports_and_saves_nothing(tiny_data, tmp_path):
+    out = tmp_path / "nan"
+    p = run_train(tiny_args(tiny_data, out, "train.lr=1.0e+30", "train.nonfinite_loss=stop",
+                            "train.warmup_proportion=0.0", "train.max_grad_norm=0",
+                            "train.eval_every_epoch=false", "train.checkpoint_every=1"))
+    assert p.returncode == 2, p.stderr[-3000:]
+    assert "non-finite" in p.stderr and "Traceback" not in p.stderr
+    if (out / "latest.pt").exists():  # anything saved must hold finite weights
+        sd = torch.load(out / "latest.pt", weights_only=True)["model"]
+        assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def test_user_errors_exit_2_without_traceback(tmp_path):
+    p = run_train(["--config", DEMO, "--set", f"data.data_path={tmp_path / 'missing'}",
+                   "--set", "data.synthetic.videos=0", "--set", f"train.output_dir={tmp_path}"])
+    assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr
+    p = run_train(["--config", str(tmp_path / "nope.yaml")])
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+    p = run_train(["--config", DEMO, "--resume", str(tmp_path / "nope.pt"), "--set",
+                   f"train.output_dir={tmp_path}"])
+    assert p.returncode == 2 and "Traceback" not in p.stderr
+
+
+@pytest.mark.slow
+def test_demo_reaches_three_times_chance(tmp_path):
+    """The embedded demo (configs/demo.yaml as is, data and output moved to tmp)."""
+    data, out = tmp_path / "synthetic", tmp_path / "demo"
+    t0 = time.time()
+    p = run_train(["--config", DEMO, "--set", f"data.data_path={data}",
+                   "--set", f"data.features_path={data / 'videos'}",
+                   "--set", f"train.output_dir={out}"], timeout=600)
+    check(p)
+    res = json.loads((out / "eval_test.json").read_text())
+    chance = 100.0 / res["videos"]
+    r1 = res["plain"]["t2v"]["R1"]
+    print(f"demo: test t2v R@1 {r1:.1f} (chance {chance:.1f}) in {time.time() - t0:.0f} s")
+    assert r1 >= 3 * chance, res
