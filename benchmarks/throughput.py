@@ -41,6 +41,7 @@ import sys
 import tempfile
 import time
 import traceback
+import warnings
 from fractions import Fraction
 from pathlib import Path
 
@@ -472,8 +473,10 @@ def build_model(args, cfg, device, grad_ckpt: bool):
     from clip4clip_dali.model import CLIP4Clip
 
     torch.manual_seed(0)
-    model = CLIP4Clip.from_config(cfg.model, max_words=cfg.data.max_words,
-                                  max_frames=cfg.data.max_frames).to(device)
+    with warnings.catch_warnings():  # "random init" is what a benchmark wants
+        warnings.simplefilter("ignore")
+        model = CLIP4Clip.from_config(cfg.model, max_words=cfg.data.max_words,
+                                      max_frames=cfg.data.max_frames).to(device)
     model.train()
     model.set_grad_checkpointing(grad_ckpt)
     groups = model.param_groups(cfg.train.lr, cfg.train.coef_lr, cfg.train.weight_decay)
@@ -482,12 +485,12 @@ def build_model(args, cfg, device, grad_ckpt: bool):
     return model, opt
 
 
-def synthetic_batch(args, cfg, device):
+def synthetic_batch(args, cfg, device, batch: int | None = None):
     import torch
 
     from clip4clip_dali.data.text import Tokenizer
 
-    b, t, r = args.step_batch, cfg.data.max_frames, cfg.data.image_resolution
+    b, t, r = batch or args.step_batch, cfg.data.max_frames, cfg.data.image_resolution
     g = torch.Generator().manual_seed(0)
     words = ["a", "red", "blue", "circle", "square", "moves", "left", "right", "up", "down",
              "slowly", "the", "on", "background", "while", "green"]
@@ -524,22 +527,24 @@ def count_flops(args, cfg, device, analytic: list) -> tuple[float | None, str]:
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    try:
+    small = min(args.step_batch, 4)  # counted on a small batch, scaled linearly (the B x B
+    try:                               # similarity terms are negligible next to the towers)
         model, opt = build_model(args, cfg, device, False)
-        batch = synthetic_batch(args, cfg, device)
+        batch = synthetic_batch(args, cfg, device, small)
         counter = FlopCounterMode(display=False)
         with counter:
             loss = model(batch)
             loss.backward()
-        flops = float(counter.get_total_flops())
+        flops = float(counter.get_total_flops()) * args.step_batch / small
         with contextlib.suppress(Exception):  # the model's own analytic count, as a cross-check
             analytic[0] = 3.0 * args.step_batch * float(model.flops_per_sample())
         del model, opt, batch, loss
         free_memory(device)
         if flops <= 0:
             return None, "FlopCounterMode counted 0 FLOPs"
+        scaled = f", batch {small} scaled x{args.step_batch / small:g}" if small != args.step_batch else ""
         return flops, ("torch.utils.flop_counter.FlopCounterMode on one eager fp32 step "
-                       "(forward + backward, matmul/conv/attention only, no recompute)")
+                       f"(forward + backward, matmul/conv/attention only, no recompute{scaled})")
     except Exception as e:
         return None, f"FLOP count failed: {short_error(e)}"
 
@@ -556,7 +561,9 @@ def free_memory(device) -> None:
 
 
 def measure_step(variant: str, grad_ckpt: bool, args, cfg, device, flops, peak, mode="model_only",
-                 loader_kind: str | None = None, loader_split=None) -> dict:
+                 loader_kind: str | None = None, loader_split=None, keep: dict | None = None) -> dict:
+    """One row. ``keep``: a dict that holds the built model/optimizer/compiled step across calls
+    (so end-to-end rows reuse the model-only row's compiled graph); the caller frees it."""
     import torch
 
     precision, compiled = VARIANTS[variant]
@@ -571,11 +578,18 @@ def measure_step(variant: str, grad_ckpt: bool, args, cfg, device, flops, peak, 
         if reason:
             return {**row, **na(reason)}
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    model = opt = loader = None
+    model = opt = loader = step = None
     try:
-        model, opt = build_model(args, cfg, device, grad_ckpt)
-        fn = torch.compile(model) if compiled else model
-        step = make_step(model, fn, opt, precision, device)
+        if keep is not None and keep.get("key") == (variant, grad_ckpt):
+            model, opt, step = keep["model"], keep["opt"], keep["step"]
+        else:
+            if keep is not None:
+                keep.clear()
+            model, opt = build_model(args, cfg, device, grad_ckpt)
+            fn = torch.compile(model) if compiled else model
+            step = make_step(model, fn, opt, precision, device)
+            if keep is not None:
+                keep.update(key=(variant, grad_ckpt), model=model, opt=opt, step=step)
         if mode == "model_only":
             fixed = synthetic_batch(args, cfg, device)
             next_batch = lambda: fixed  # noqa: E731
@@ -616,7 +630,7 @@ def measure_step(variant: str, grad_ckpt: bool, args, cfg, device, flops, peak, 
             frames.append(int(batch["video_mask"].sum()))
             if time.perf_counter() - start > args.step_budget:
                 break
-        if not math.isfinite(float(loss)):
+        if not math.isfinite(float(loss.detach())):
             row["note"] = "loss not finite (random init)"
         ms = [1000 * x for x in times]
         med = float(np.median(times))
@@ -642,8 +656,11 @@ def measure_step(variant: str, grad_ckpt: bool, args, cfg, device, flops, peak, 
         traceback.print_exc()
         return {**row, "status": "error", "reason": short_error(e)}
     finally:
-        del model, opt, loader
-        free_memory(device)
+        del model, opt, loader, step
+        if keep is None:
+            free_memory(device)
+        else:
+            gc.collect()
 
 
 # ============================================================================ report
@@ -750,7 +767,14 @@ def to_markdown(doc: dict) -> str:
     lines += [f"- date: {m['created']}; device: {m['device']}; CPU: {m['cpu']['model']} "
               f"({m['cpu']['cores']} usable cores); GPU: {gpu['name'] if gpu else 'none'}",
               "- versions: " + ", ".join(f"{k} {v}" for k, v in m["versions"].items()),
-              f"- command: `{m['command']}`", ""]
+              f"- command: `{m['command']}`"]
+    if m.get("load_average_at_start"):
+        la = lambda v: "/".join(f"{x:.1f}" for x in v)  # noqa: E731
+        lines.append(f"- load average (1/5/15 min) at start {la(m['load_average_at_start'])}"
+                     + (f", at end {la(m['load_average_at_end'])}" if m.get("load_average_at_end") else "")
+                     + f" on {m['cpu']['cores']} cores (above the core count: other processes "
+                       f"shared the machine and the timings are noisy)")
+    lines.append("")
     ld = doc.get("loader")
     if ld:
         lines += ["## Loader: frames/s delivered (each clip once per pass)", ""]
@@ -936,7 +960,8 @@ def run_step_section(args, rep: Report, device, peak, peak_src) -> None:
         "tiny": bool(args.tiny),
         "batch": args.step_batch, "frames": frames, "resolution": args.resolution,
         "max_words": 32, "warmup": args.step_warmup, "iters": args.step_iters,
-        "device": device.type, "torch_threads": torch.get_num_threads()},
+        "device": device.type, "torch_threads": torch.get_num_threads(),
+        "fp32_matmul_precision": torch.get_float32_matmul_precision()},
         "rows": [], "flops_per_step": None, "flops_method": "not counted",
         "peak_tflops": peak, "peak_source": peak_src})
     split = None
@@ -952,32 +977,39 @@ def run_step_section(args, rep: Report, device, peak, peak_src) -> None:
     sec["flops_per_step_analytic"] = analytic[0]  # 3 x forward of the towers (model.flops_per_sample)
     log(f"  {flops / 1e9 if flops else float('nan'):.1f} GFLOP/step ({method})")
     rep.flush()
-    variants = [v.strip() for v in args.variants.split(",") if v.strip()]
+    variants = [v.strip() for v in args.variants.split(",") if v.strip() and v.strip() != "none"]
     ckpts = {"both": (False, True), "off": (False,), "on": (True,)}[args.ckpt]
-    for v in variants:
-        for ck in ckpts:
-            log(f"step {v} ckpt={ck} model-only ...")
-            row = measure_step(v, ck, args, cfg, device, flops, peak)
-            sec["rows"].append(row)
-            _log_step(row)
-            rep.flush()
-    if args.e2e and ds is not None:
+    e2e_variants = [v.strip() for v in args.e2e_variants.split(",") if v.strip()] if args.e2e else []
+    e2e_loaders = [k.strip() for k in args.e2e_loaders.split(",") if k.strip()
+                   and not (k.strip() == "dali_gpu" and device.type != "cuda")]
+    if e2e_variants and ds is not None:
         try:
             _, split = load_bench_split(args, dp, fp, args.split)
+            sec["config"]["e2e_dataset"] = f"{ds['label']}: {ds['note']}"
         except Exception as e:
             rep.error("step e2e dataset", e)
-            return
-        sec["config"]["e2e_dataset"] = f"{ds['label']}: {ds['note']}"
-        e2e_variants = [v.strip() for v in args.e2e_variants.split(",") if v.strip()]
-        for kind in [k.strip() for k in args.e2e_loaders.split(",") if k.strip()]:
-            if kind == "dali_gpu" and device.type != "cuda":
-                continue
-            for v in e2e_variants:
-                log(f"step {v} end to end with {kind} ...")
-                row = measure_step(v, False, args, cfg, device, flops, peak, "e2e", kind, split)
-                sec["rows"].append(row)
-                _log_step(row)
-                rep.flush()
+            e2e_variants = []
+    for v in dict.fromkeys(variants + e2e_variants):
+        for ck in ckpts if v in variants else (False,):
+            keep: dict = {}
+            try:
+                if v in variants:
+                    log(f"step {v} ckpt={ck} model-only ...")
+                    row = measure_step(v, ck, args, cfg, device, flops, peak, keep=keep)
+                    sec["rows"].append(row)
+                    _log_step(row)
+                    rep.flush()
+                if v in e2e_variants and not ck:
+                    for kind in e2e_loaders:
+                        log(f"step {v} end to end with {kind} ...")
+                        row = measure_step(v, False, args, cfg, device, flops, peak, "e2e", kind,
+                                           split, keep=keep)
+                        sec["rows"].append(row)
+                        _log_step(row)
+                        rep.flush()
+            finally:
+                keep.clear()
+                free_memory(device)
 
 
 def _log_step(row):
@@ -1052,7 +1084,8 @@ def parse_args(argv=None):
                  variants="eager_fp32,eager_amp_bf16,compiled_amp_bf16",
                  loader_budget=20.0, step_budget=15.0, e2e_loaders="dali_cpu,reference")
         for k, v in q.items():
-            setattr(args, k, v)
+            if getattr(args, k) == p.get_default(k):  # flags given explicitly win
+                setattr(args, k, v)
         if not args.no_compile:
             args.no_compile = "skipped in --quick (compiling takes minutes on a CPU)"
         if args.name is None:
@@ -1060,7 +1093,57 @@ def parse_args(argv=None):
     return args
 
 
+def merge(paths: list[str], out: Path, name: str) -> int:
+    """Merge the JSON reports of separate runs (gpu_suite.sh) into one report."""
+    docs, errors = [], []
+    for p in paths:
+        try:
+            docs.append(json.loads(Path(p).read_text()))
+        except Exception as e:
+            errors.append(f"{p}: not merged ({short_error(e)}); that run did not finish or start")
+    if not docs:
+        print("error: nothing to merge", file=sys.stderr)
+        return 2
+    meta = dict(docs[0]["meta"], name=name, merged_from=[str(p) for p in paths],
+                command=" ; ".join(d["meta"]["command"] for d in docs))
+    rep = Report(out, name, meta)
+    rep.doc["errors"] = errors + [e for d in docs for e in d.get("errors", [])]
+    for d in docs:
+        if not d["meta"].get("complete"):
+            rep.doc["errors"].append(f"{d['meta']['name']}: run cut short (partial results)")
+        if "loader" in d:
+            sec = rep.doc.setdefault("loader", {"config": d["loader"]["config"], "datasets": {},
+                                                "dataset_info": {}, "rows": []})
+            sec["datasets"].update(d["loader"].get("datasets", {}))
+            sec["dataset_info"].update(d["loader"].get("dataset_info", {}))
+            sec["rows"] += d["loader"]["rows"]
+        if "step" in d:
+            if "step" not in rep.doc:
+                rep.doc["step"] = dict(d["step"], rows=[])
+            sec = rep.doc["step"]
+            for k in ("flops_per_step", "flops_per_step_analytic"):
+                sec[k] = sec.get(k) or d["step"].get(k)
+            sec["config"].update({k: v for k, v in d["step"]["config"].items()
+                                  if k not in sec["config"]})
+            sec["rows"] += d["step"]["rows"]
+    rep.doc["meta"]["seconds"] = round(sum(d["meta"].get("seconds", 0) for d in docs), 1)
+    png_err = write_png(rep.doc, rep.path("png"))
+    if png_err:
+        rep.doc["meta"]["png"] = png_err
+    rep.flush(final=True)
+    print(rep.path("md").read_text())
+    return 0
+
+
 def main(argv=None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "--merge":
+        ap = argparse.ArgumentParser(prog="throughput.py --merge")
+        ap.add_argument("--merge", nargs="+", required=True)
+        ap.add_argument("--out", required=True)
+        ap.add_argument("--name", required=True)
+        a = ap.parse_args(argv)
+        return merge(a.merge, Path(a.out), a.name)
     args = parse_args(argv)
     import torch
 
@@ -1082,6 +1165,7 @@ def main(argv=None) -> int:
             "device": device.type, "cpu": {"model": cpu_model(), "cores": usable_cores(),
                                            "torch_threads": torch.get_num_threads()},
             "gpu": gpu, "versions": versions(), "quick": args.quick,
+            "load_average_at_start": list(os.getloadavg()),
             "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}}
     rep = Report(Path(args.out), name, meta)
     log(f"writing {rep.path('json')} (device {device}, {usable_cores()} cores)")
@@ -1098,6 +1182,7 @@ def main(argv=None) -> int:
         except Exception as e:
             rep.error("step section", e)
     rep.doc["meta"]["seconds"] = round(time.perf_counter() - t0, 1)
+    rep.doc["meta"]["load_average_at_end"] = list(os.getloadavg())
     png_err = write_png(rep.doc, rep.path("png"))
     if png_err:
         rep.doc["meta"]["png"] = png_err
