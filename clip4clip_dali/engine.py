@@ -94,15 +94,17 @@ def _split_batch(batch: dict, k: int) -> list[dict]:
             for i in range(k)]
 
 
-def _skip_batches(loader, iterator, k: int):
-    """Advance past ``k`` already-consumed batches (the loader may do it without decoding)."""
-    if k <= 0:
-        return iterator
-    if hasattr(loader, "skip_batches"):
-        return loader.skip_batches(iterator, k)
+def _iter_from(loader, k: int):
+    """An iterator over this epoch's batches from batch ``k`` on (resume mid-epoch).
+
+    A loader with ``iter_from(start_batch)`` skips without decoding; otherwise the first ``k``
+    batches are drawn and dropped (same order: it is a function of (seed, epoch))."""
+    if k > 0 and hasattr(loader, "iter_from"):
+        return iter(loader.iter_from(k))
+    it = iter(loader)
     for _ in range(k):
-        next(iterator)
-    return iterator
+        next(it)
+    return it
 
 
 class Trainer:
@@ -263,7 +265,7 @@ class Trainer:
                     break
                 self.loader.set_epoch(st.epoch)
                 self.train_model.train()
-                it = _skip_batches(self.loader, iter(self.loader), st.batch_in_epoch)
+                it = _iter_from(self.loader, st.batch_in_epoch)
                 n_batches = len(self.loader)
                 finished_epoch = True
                 while st.batch_in_epoch < n_batches:
