@@ -857,7 +857,7 @@ def write_png(doc: dict, path: Path) -> str | None:
     n = bool(lrows) + bool(srows)
     if not n:
         return "no PNG: nothing measured"
-    fig, axes = plt.subplots(1, n, figsize=(7 * n, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, n, figsize=(7.5 * n, 5.5), squeeze=False)
     ax_i = 0
     if lrows:
         ax = axes[0][ax_i]
@@ -867,7 +867,7 @@ def write_png(doc: dict, path: Path) -> str | None:
         err = [[m - r["frames_per_s"]["p10"] for m, r in zip(med, lrows)],
                [r["frames_per_s"]["p90"] - m for m, r in zip(med, lrows)]]
         ax.bar(range(len(lrows)), med, yerr=err, capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(lrows)), labels, fontsize=7)
+        ax.set_xticks(range(len(lrows)), labels, fontsize=6, rotation=35, ha="right")
         ax.set_ylabel("frames/s (median, p10-p90)")
         ax.set_title("loader throughput")
     if srows:
