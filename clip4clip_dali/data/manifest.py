@@ -142,6 +142,13 @@ def _header_frames(container, stream, fps: float) -> Optional[int]:
     return None
 
 
+def _open(path: str):
+    try:  # PyAV < 19 decodes metadata strictly unless told otherwise; 19 dropped the option
+        return av.open(path, metadata_errors="ignore")
+    except TypeError:
+        return av.open(path)
+
+
 def probe_video(path, count: str = "demux") -> VideoInfo:
     """Probe one file. Never raises for a bad file: returns a VideoInfo with ``error`` set."""
     if count not in COUNT_MODES:
@@ -157,7 +164,7 @@ def probe_video(path, count: str = "demux") -> VideoInfo:
     if size == 0:
         return _bad(path, size, mtime, "empty file (0 bytes)")
     try:
-        container = av.open(path, metadata_errors="ignore")
+        container = _open(path)
     except Exception as err:  # av.error.FFmpegError, UnicodeDecodeError, ...
         return _bad(path, size, mtime, f"not a readable video ({_short(err)})")
     try:
@@ -283,7 +290,9 @@ def load_manifest(video_paths: Mapping[str, os.PathLike | str], cache_path: Opti
     todo: dict[str, list[str]] = {}  # abspath -> ids (one file may serve several ids)
     for vid, ap in abspaths.items():
         hit = cache.get(ap)
-        if hit is not None:
+        # A cached failure is probed again: it may come from the environment (another PyAV,
+        # a missing codec) rather than the file, and broken files are few.
+        if hit is not None and hit.ok:
             try:
                 st = os.stat(ap)
             except OSError:
@@ -322,8 +331,9 @@ def load_manifest(video_paths: Mapping[str, os.PathLike | str], cache_path: Opti
             for vid in todo[ap]:
                 result[vid] = info
             if info.size >= 0:  # a missing file is not cached
-                cache[ap] = info
-                changed = True
+                if cache.get(ap) != info:
+                    cache[ap] = info
+                    changed = True
             elif ap in cache:
                 del cache[ap]
                 changed = True
