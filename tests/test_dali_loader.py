@@ -41,11 +41,13 @@ def assert_same_batches(dali_batches, ref_batches, tol=2.0):
         assert a.keys() == b.keys()
         for k in a:
             assert a[k].shape == b[k].shape and a[k].dtype == b[k].dtype, k
+        a = {k: v.cpu() for k, v in a.items()}  # a GPU loader's batch against a CPU one
+        b = {k: v.cpu() for k, v in b.items()}
         assert torch.equal(a["video_index"], b["video_index"])
-        assert torch.equal(a["video_mask"].cpu(), b["video_mask"].cpu())
+        assert torch.equal(a["video_mask"], b["video_mask"])
         for k in ("text", "text_mask"):
             if k in a:
-                assert torch.equal(a[k].cpu(), b[k].cpu())
+                assert torch.equal(a[k], b[k])
         for i in range(len(a["video"])):
             n = int(a["video_mask"][i].sum())
             assert n > 0
@@ -154,19 +156,81 @@ def check_broken_video_skipped(dataset, tmp_path, caplog, device):
     assert all(b["video_mask"].sum(1).min() > 0 for b in batches)
 
 
+def test_iter_from_skips_batches_without_decoding(dataset, monkeypatch):
+    cfg = _cfg(dataset)
+    split = load_split(cfg, "test")
+    for mode in ("train", "eval"):
+        for make in (lambda: DaliLoader(split, cfg, mode, 2, seed=4),
+                     lambda: ReferenceLoader(split, cfg, mode, 2, seed=4, num_workers=0)):
+            loader = make()
+            loader.set_epoch(1)
+            full = list(loader)
+            for k in (0, 1, len(full) - 1, len(full), len(full) + 2):
+                fresh = make()
+                fresh.set_epoch(1)
+                got = list(fresh.iter_from(k))
+                assert len(got) == len(full[k:])
+                for a, b in zip(got, full[k:]):
+                    assert a.keys() == b.keys()
+                    for key in a:
+                        assert torch.equal(a[key], b[key]), key
+    # The skipped batches are never read (let alone decoded).
+    loader = DaliLoader(split, cfg, "train", 2, seed=4)
+    fed = []
+    orig = loader._feed
+    monkeypatch.setattr(loader, "_feed", lambda batch: (fed.append(list(batch)), orig(batch))[1])
+    n = len(list(loader.iter_from(3)))
+    assert n == len(loader) - 3 and len(fed) == n
+    assert [i for b in fed for i in b] == loader.indices().tolist()[6:6 + 2 * n]
+
+
+def test_pipeline_is_reused_across_passes(dataset):
+    cfg = _cfg(dataset)
+    split = load_split(cfg, "test")
+    loader = DaliLoader(split, cfg, "train", 3, seed=2)
+    builds = []
+    orig = loader._build
+    loader._build = lambda *a: (builds.append(a[1:]), orig(*a))[1]
+    for epoch in (0, 1, 1):
+        loader.set_epoch(epoch)
+        got = list(loader)
+        fresh = DaliLoader(split, cfg, "train", 3, seed=2)
+        fresh.set_epoch(epoch)
+        want = list(fresh)
+        assert len(got) == len(want) == len(loader)
+        for a, b in zip(got, want):
+            for key in a:
+                assert torch.equal(a[key], b[key]), key
+    assert len(builds) == 1
+    # A pass left unfinished does not hand its half-used pipeline to the next one.
+    loader.set_epoch(2)
+    it = iter(loader)
+    next(it)
+    del it
+    fresh = DaliLoader(split, cfg, "train", 3, seed=2)
+    fresh.set_epoch(2)
+    assert all(torch.equal(a["text"], b["text"]) for a, b in zip(loader, fresh))
+
+
 # ---- GPU (NVDEC) -----------------------------------------------------------------------
 gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for NVDEC")
 
 
+def gpu_specs(codec: str) -> list[dict]:
+    """Three clips (landscape, portrait at 29.97 fps, wide) no smaller than NVDEC's minimum
+    frame for ``codec`` (VP9: 128x128; H.264 / MPEG-4: 48x16, kept small there)."""
+    big = codec == "vp9"
+    sizes = [(160, 128), (128, 160), (192, 128)] if big else [(64, 48), (48, 64), (96, 64)]
+    return [dict(frames=40, fps=10, codec=codec, width=sizes[0][0], height=sizes[0][1]),
+            dict(frames=31, fps=30000 / 1001, codec=codec, width=sizes[1][0], height=sizes[1][1]),
+            dict(frames=50, fps=25, codec=codec, width=sizes[2][0], height=sizes[2][1])]
+
+
 @pytest.mark.gpu
 @gpu
-@pytest.mark.parametrize("codec", ["h264", "vp9", "mpeg4", "mjpeg", "h264avi"])
+@pytest.mark.parametrize("codec", ["h264", "vp9", "mpeg4", "h264avi"])
 def test_dali_gpu_equals_reference(tmp_path, codec):
-    data, videos = make_dataset(tmp_path, [dict(frames=40, fps=10, codec=codec),
-                                           dict(frames=31, fps=30000 / 1001, codec=codec,
-                                                width=48, height=64),
-                                           dict(frames=50, fps=25, codec=codec, width=96,
-                                                height=64)])
+    data, videos = make_dataset(tmp_path, gpu_specs(codec))
     cfg = _cfg((data, videos))
     split = load_split(cfg, "test")
     dev = torch.device("cuda", 0)
@@ -177,10 +241,67 @@ def test_dali_gpu_equals_reference(tmp_path, codec):
         assert_same_batches(dali, ref, tol=2.5)
 
 
+def _loader_cfg(data, videos, loader):
+    from clip4clip_dali.config import from_dict
+
+    return from_dict({"data": {"data_path": str(data), "features_path": str(videos),
+                               "max_frames": 4, "image_resolution": 32, "loader": loader},
+                      "train": {"batch_size": 2, "eval_batch_size": 2}})
+
+
+@pytest.mark.parametrize("what", ["mjpeg", "small_vp9"])
+def test_gpu_routing_of_what_nvdec_cannot_decode(tmp_path, what):
+    """MJPEG (DALI's GPU decoder rejects it: "Codec 7 (mjpeg) is not supported by the GPU
+    variant") and VP9 below 128x128 never reach NVDEC: auto falls back to the reference
+    loader, an explicit dali is a UserError. Runs without a GPU (only the choice is tested)."""
+    from clip4clip_dali.data.dali_loader import dali_import_error
+    from clip4clip_dali.data.loader import choose_backend
+    from clip4clip_dali.errors import UserError
+
+    if dali_import_error():
+        pytest.skip("needs NVIDIA DALI importable")
+    spec = (dict(frames=12, fps=10, codec="mjpeg", width=160, height=128) if what == "mjpeg"
+            else dict(frames=12, fps=10, codec="vp9", width=96, height=64))
+    data, videos = make_dataset(tmp_path, [spec, dict(spec)])
+    split = load_split(_loader_cfg(data, videos, "auto").data, "test")
+    dev = torch.device("cuda", 0)
+    backend, reason = choose_backend("auto", split, dev)
+    assert backend == "reference"
+    assert ("mjpeg" in reason) if what == "mjpeg" else ("smaller than 128x128" in reason)
+    with pytest.raises(UserError, match="cannot decode on the GPU"):
+        choose_backend("dali", split, dev)
+    if what == "small_vp9":  # fine for DALI on the CPU
+        assert choose_backend("dali", split, torch.device("cpu"))[0] == "dali"
+
+
 @pytest.mark.gpu
 @gpu
-def test_dali_gpu_broken_video_is_skipped(dataset, tmp_path, caplog):
-    check_broken_video_skipped(dataset, tmp_path, caplog, torch.device("cuda", 0))
+def test_dali_gpu_mjpeg_goes_to_the_reference_loader(tmp_path):
+    from clip4clip_dali.data.loader import build_loader
+
+    data, videos = make_dataset(tmp_path, gpu_specs("mjpeg"))
+    cfg = _loader_cfg(data, videos, "auto")
+    split = load_split(cfg.data, "test")
+    loader = build_loader(cfg, split, "eval", device=torch.device("cuda", 0))
+    assert loader.backend == "reference"
+    assert sum(len(b["video_index"]) for b in loader) == 3
+
+
+@pytest.fixture(scope="module")
+def gpu_dataset(tmp_path_factory):
+    """Like ``dataset`` but NVDEC-decodable: H.264 (.mp4/.avi) and VP9 of at least 128x128."""
+    return make_dataset(tmp_path_factory.mktemp("dali_gpu_ds"), [
+        dict(frames=40, fps=10, codec="vp9", width=160, height=128),
+        dict(frames=25, fps=5, codec="h264", width=48, height=64),  # portrait
+        dict(frames=75, fps=25, codec="vp9", width=224, height=128),
+        dict(frames=33, fps=10, codec="h264avi"),
+        dict(frames=12, fps=6, codec="vp9", width=128, height=128)])
+
+
+@pytest.mark.gpu
+@gpu
+def test_dali_gpu_broken_video_is_skipped(gpu_dataset, tmp_path, caplog):
+    check_broken_video_skipped(gpu_dataset, tmp_path, caplog, torch.device("cuda", 0))
 
 
 @pytest.mark.gpu

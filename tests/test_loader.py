@@ -19,7 +19,9 @@ def datasets(tmp_path_factory):
     root = tmp_path_factory.mktemp("loader_ds")
     vp9 = make_dataset(root / "vp9", [dict(frames=20, codec="vp9"), dict(frames=20, codec="mjpeg"),
                                       dict(frames=10, codec="vp9")])
-    h264 = make_dataset(root / "h264", [dict(frames=20, codec="h264"), dict(frames=20, codec="vp9")])
+    # (VP9 at least 128x128: NVDEC's minimum, so that NVDEC could take this split on a GPU)
+    h264 = make_dataset(root / "h264", [dict(frames=20, codec="h264"),
+                                        dict(frames=20, codec="vp9", width=160, height=128)])
     return {"vp9": vp9, "h264": h264}
 
 

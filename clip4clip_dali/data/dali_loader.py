@@ -57,7 +57,17 @@ log = logging.getLogger("clip4clip_dali")
 
 # Codec names as PyAV/FFmpeg report them (manifest ``VideoInfo.codec``).
 CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"})
+# MJPEG is listed as "supported by both backends" in DALI's docstring, yet DALI 2.4's mixed
+# decoder rejects it at run time ("Codec 7 (mjpeg) is not supported by the GPU variant of this
+# operator", H200, benchmarks/results/gpu-h200-2026-11-26-dali-gpu-tests.txt): not on the GPU.
+GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4"})
+# NVDEC's smallest decodable frame (width, height) per codec, as NVIDIA's decoder capability
+# table gives it (cuvidGetDecoderCaps nMinWidth/nMinHeight). DALI's mixed decoder asserts
+# ``width >= caps.nMinWidth && height >= caps.nMinHeight`` ("Video is too small in at least one
+# dimension", frames_decoder_gpu.cc). Confirmed for VP9 on an H200: 64x48, 48x64 and 96x64
+# VP9 clips all failed, 298x224 decoded, while H.264/MPEG-4 decoded at 64x48 and 48x64.
+GPU_MIN_SIZE = {"h264": (48, 16), "mpeg4": (48, 16), "vp8": (48, 16), "vp9": (128, 128),
+                "av1": (128, 128), "hevc": (144, 144)}
 _CODEC_ALIASES = {
     "libvpx": "vp8", "libvpx-vp8": "vp8", "libvpx-vp9": "vp9", "h265": "hevc", "avc": "h264",
     "avc1": "h264", "libdav1d": "av1", "libaom-av1": "av1", "av1_cuvid": "av1",
@@ -72,6 +82,21 @@ def normalize_codec(name: str) -> str:
 
 def supported_codecs(device: torch.device) -> frozenset:
     return GPU_CODECS if torch.device(device).type == "cuda" else CPU_CODECS
+
+
+def unsupported_reason(info, device: torch.device) -> Optional[str]:
+    """Why DALI cannot decode the video described by ``info`` (a manifest ``VideoInfo``) on
+    ``device``, or None when it can: a codec its decoder lacks there, or (GPU) a frame smaller
+    than NVDEC's minimum for that codec."""
+    codec = normalize_codec(getattr(info, "codec", "") if info is not None else "")
+    if codec not in supported_codecs(device):
+        return codec or "unknown"
+    if torch.device(device).type == "cuda" and codec in GPU_MIN_SIZE:
+        mw, mh = GPU_MIN_SIZE[codec]
+        w, h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
+        if w > 0 and h > 0 and (w < mw or h < mh):
+            return f"{codec} smaller than {mw}x{mh}"
+    return None
 
 
 def dali_import_error() -> Optional[str]:
@@ -216,11 +241,19 @@ class DaliLoader:
             else:
                 self._sizes.append(np.asarray(resize_size(info.width, info.height,
                                                           self.resolution), np.float32))
+                why = unsupported_reason(info, self.device) if self.device_id is not None else None
+                if why is not None:  # (build_loader routes such splits elsewhere first)
+                    log.warning("skipping video DALI cannot decode on the GPU (%s): %s", why,
+                                split.video_paths[v])
+                    self.bad_videos.add(v)
         if mode == "train":
             from .text import Tokenizer
 
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
-        self._pipe = None
+        # (pipeline, source) left by the last pass that ran to its end, reused by the next one:
+        # building a pipeline (on a GPU: CUDA streams, NVDEC sessions, buffers) costs about a
+        # second, once a pass otherwise.
+        self._idle = None
 
     # ---- sample bookkeeping ------------------------------------------------------------
     def _num_samples(self) -> int:
@@ -340,17 +373,37 @@ class DaliLoader:
         return out
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int = 0):
+        """This epoch's batches from batch ``start_batch`` on (exact mid-epoch resume): the
+        first ``start_batch`` batches are planned (same samples, same refills for videos
+        already known to be broken) but never read or decoded."""
         order = [int(i) for i in self.indices()]
         num_batches = len(order) // self.batch_size if self.mode == "train" else None
         plan = _Plan(order, self.batch_size, num_batches,
                      lambda i: self._video_of(i) not in self.bad_videos)
+        for _ in range(max(0, int(start_batch))):
+            if plan.next_batch() is None:
+                return
         while True:
-            source = _Source(self, plan)
-            pipe = self._build(source, self.batch_size, self.prefetch)
+            if self._idle is not None:
+                pipe, source = self._idle
+                self._idle = None
+                source.plan = plan
+            else:
+                source = _Source(self, plan)
+                pipe = self._build(source, self.batch_size, self.prefetch)
             while True:
                 try:
                     (out,) = pipe.run()
                 except StopIteration:
+                    if not source.in_flight:
+                        try:
+                            pipe.reset()
+                            self._idle = (pipe, source)
+                        except Exception:  # not reusable: the next pass builds a new one
+                            pass
                     return
                 except RuntimeError as e:
                     error = e
@@ -369,8 +422,14 @@ class DaliLoader:
 
 
 def _reason(err: BaseException) -> str:
+    """The informative line of a DALI error (its first line only names the operator)."""
     lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    keys = ("too small", "not supported", "Assert on", "Failed", "failed", "Error:")
+    for key in keys:
+        for ln in lines:
+            if key in ln and not ln.startswith("Error in "):
+                return ln[:300]
     for ln in lines:
-        if "Failed" in ln or "failed" in ln or "error" in ln.lower() and "Critical" not in ln:
+        if "error" in ln.lower() and "Critical" not in ln:
             return ln[:300]
     return (lines[-1] if lines else type(err).__name__)[:300]

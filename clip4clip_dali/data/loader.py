@@ -2,9 +2,11 @@
 
 ``cfg.data.loader`` picks the backend: ``dali`` (NVIDIA DALI, NVDEC on a GPU, its CPU decoder
 otherwise), ``reference`` (PyAV + PIL in a torch DataLoader) or ``auto``: DALI where it is
-installed and can decode every codec of the split on that device (CPU: VP8, VP9, MJPEG; GPU:
-H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, MJPEG), the reference loader otherwise. The choice
-and its reason are logged once (logger ``clip4clip_dali``).
+installed and can decode every video of the split on that device (CPU: VP8, VP9, MJPEG; GPU:
+H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, each no smaller than NVDEC's minimum frame size for
+the codec, e.g. 128x128 for VP9 and AV1, see ``dali_loader.GPU_MIN_SIZE``; MJPEG is not
+decoded by DALI's GPU decoder), the reference loader otherwise. The choice and its reason are
+logged once (logger ``clip4clip_dali``).
 """
 from __future__ import annotations
 
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
-from .dali_loader import (DaliLoader, dali_import_error, normalize_codec, supported_codecs)
+from .dali_loader import DaliLoader, dali_import_error, normalize_codec, unsupported_reason
 from .reference import ReferenceLoader
 
 if TYPE_CHECKING:
@@ -36,13 +38,13 @@ def per_rank_batch(global_batch: int, world_size: int, what: str) -> int:
 
 
 def undecodable(split: "MSVDSplit", device: torch.device) -> dict[str, list[str]]:
-    """Codec -> files of the split that DALI cannot decode on ``device``."""
-    ok = supported_codecs(device)
+    """Reason (a codec, or "vp9 smaller than 128x128") -> files of the split that DALI cannot
+    decode on ``device``."""
     bad: dict[str, list[str]] = {}
     for path, info in zip(split.video_paths, split.video_info):
-        codec = normalize_codec(getattr(info, "codec", "") if info is not None else "")
-        if codec not in ok:
-            bad.setdefault(codec or "unknown", []).append(str(path))
+        why = unsupported_reason(info, device)
+        if why is not None:
+            bad.setdefault(why, []).append(str(path))
     return bad
 
 
@@ -66,12 +68,14 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device) -> tup
     if bad:
         codec, files = max(bad.items(), key=lambda kv: len(kv[1]))
         n = sum(len(f) for f in bad.values())
-        what = (f"{n} of {split.num_videos} videos of split {split.name} use codecs DALI cannot "
-                f"decode on {_where(device)} ({', '.join(sorted(bad))}; e.g. {files[0]})")
+        what = (f"{n} of {split.num_videos} videos of split {split.name} use codecs or frame "
+                f"sizes DALI cannot decode on {_where(device)} ({', '.join(sorted(bad))}; "
+                f"e.g. {files[0]})")
         if choice == "dali":
             hint = ("transcode them with `python pipelines/prepare_msvd.py --src <videos> --out "
-                    "<new folder>` (VP9) and point data.features_path there, run on a GPU, or "
-                    "set data.loader=reference")
+                    "<new folder>` (VP9, short side 224) and point data.features_path there, "
+                    + ("run on the CPU, " if device.type == "cuda" else "run on a GPU, ")
+                    + "or set data.loader=reference")
             raise UserError(f"data.loader=dali, but {what}: {hint}.")
         return "reference", (f"{what}; run pipelines/prepare_msvd.py to transcode them for "
                              f"DALI")

@@ -162,10 +162,16 @@ class ReferenceLoader:
         return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
 
     def __iter__(self):
+        return self.iter_from(0)
+
+    def iter_from(self, start_batch: int = 0):
+        """This epoch's batches from batch ``start_batch`` on, without decoding the skipped
+        ones (exact mid-epoch resume; batches are fixed chunks of ``indices()``)."""
         self.dataset.epoch = self.epoch
         workers = self.num_workers
+        order = self.indices().tolist()[max(0, int(start_batch)) * self.batch_size:]
         loader = DataLoader(self.dataset, batch_size=self.batch_size,
-                            sampler=self.indices().tolist(), collate_fn=collate_clips,
+                            sampler=order, collate_fn=collate_clips,
                             num_workers=workers, drop_last=self.mode == "train",
                             prefetch_factor=self.prefetch if workers > 0 else None,
                             pin_memory=self.device.type == "cuda")
