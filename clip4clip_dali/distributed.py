@@ -88,21 +88,21 @@ def cleanup() -> None:
             pass
 
 
-def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
-    """Element-wise max over ranks of a few flags/numbers (e.g. non-finite, stop requested)."""
+def _all_reduce(values: list[float], device: torch.device, op) -> list[float]:
     t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32,
                      device=device)
     if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        dist.all_reduce(t, op=op)
     return t.tolist()
+
+
+def all_reduce_max(values: list[float], device: torch.device) -> list[float]:
+    """Element-wise max over ranks of a few flags/numbers (e.g. non-finite, stop requested)."""
+    return _all_reduce(values, device, dist.ReduceOp.MAX)
 
 
 def all_reduce_sum(values: list[float], device: torch.device) -> list[float]:
-    t = torch.tensor(values, dtype=torch.float64 if device.type == "cpu" else torch.float32,
-                     device=device)
-    if is_dist():
-        dist.all_reduce(t, op=dist.ReduceOp.SUM)
-    return t.tolist()
+    return _all_reduce(values, device, dist.ReduceOp.SUM)
 
 
 def all_gather_varlen(t: torch.Tensor) -> torch.Tensor:
