@@ -25,8 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from clip4clip_dali.data.reference import CLIP_MEAN, CLIP_STD
 
 
 def cv2_import_error() -> str | None:

@@ -352,7 +352,10 @@ def unsupported_reason(kind: str, split, has_cuda: bool) -> str | None:
     """Why ``kind`` cannot read this split's videos, or None."""
     if kind in ("dali_gpu", "dali_cpu"):
         try:
-            from clip4clip_dali.data.dali_loader import dali_import_error, normalize_codec
+            import torch
+
+            from clip4clip_dali.data.dali_loader import dali_import_error
+            from clip4clip_dali.data.loader import undecodable
         except Exception as e:
             return f"DALI loader not importable ({short_error(e)})"
         err = dali_import_error()
@@ -360,14 +363,12 @@ def unsupported_reason(kind: str, split, has_cuda: bool) -> str | None:
             return err
         if kind == "dali_gpu" and not has_cuda:
             return "no CUDA device"
-        ok = {"vp8", "vp9", "mjpeg"} if kind == "dali_cpu" else \
-            {"h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg"}
-        codecs = sorted({normalize_codec(i.codec) for i in split.video_info})
-        bad = [c for c in codecs if c not in ok]
+        bad = undecodable(split, torch.device("cuda" if kind == "dali_gpu" else "cpu"))
         if bad:
             where = "DALI's CPU decoder (its FFmpeg has no H.264/HEVC/MPEG-4)" if kind == "dali_cpu" \
                 else "NVDEC via DALI"
-            return f"{where} cannot decode {', '.join(bad)}; prepare the clips as VP9 or use another backend"
+            return (f"{where} cannot decode {', '.join(sorted(bad))}; prepare the clips as VP9 "
+                    f"(pipelines/prepare_msvd.py) or use another backend")
     if kind == "original":
         from original_style import cv2_import_error
 
@@ -844,6 +845,19 @@ def to_markdown(doc: dict) -> str:
     return "\n".join(lines)
 
 
+
+def _bar_panel(ax, rows: list, key: str, labels: list, colour: str, rotation: int,
+               ylabel: str, title: str) -> None:
+    """One bar chart of ``row[key]`` medians with p10-p90 error bars."""
+    med = [r[key]["median"] for r in rows]
+    err = [[m - r[key]["p10"] for m, r in zip(med, rows)],
+           [r[key]["p90"] - m for m, r in zip(med, rows)]]
+    ax.bar(range(len(rows)), med, yerr=err, capsize=3, color=colour)
+    ax.set_xticks(range(len(rows)), labels, fontsize=6, rotation=rotation, ha="right")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+
+
 def write_png(doc: dict, path: Path) -> str | None:
     try:
         import matplotlib
@@ -860,27 +874,15 @@ def write_png(doc: dict, path: Path) -> str | None:
     fig, axes = plt.subplots(1, n, figsize=(7.5 * n, 5.5), squeeze=False)
     ax_i = 0
     if lrows:
-        ax = axes[0][ax_i]
-        ax_i += 1
         labels = [f"{r['backend']}\n{r['dataset'].replace('synthetic-', '')}" for r in lrows]
-        med = [r["frames_per_s"]["median"] for r in lrows]
-        err = [[m - r["frames_per_s"]["p10"] for m, r in zip(med, lrows)],
-               [r["frames_per_s"]["p90"] - m for m, r in zip(med, lrows)]]
-        ax.bar(range(len(lrows)), med, yerr=err, capsize=3, color="tab:blue")
-        ax.set_xticks(range(len(lrows)), labels, fontsize=6, rotation=35, ha="right")
-        ax.set_ylabel("frames/s (median, p10-p90)")
-        ax.set_title("loader throughput")
+        _bar_panel(axes[0][ax_i], lrows, "frames_per_s", labels, "tab:blue", 35,
+                   "frames/s (median, p10-p90)", "loader throughput")
+        ax_i += 1
     if srows:
-        ax = axes[0][ax_i]
         labels = [f"{r['variant']}{'+ckpt' if r['grad_checkpointing'] else ''}\n"
                   f"{r['mode']}{'/' + r['loader'] if r.get('loader') else ''}" for r in srows]
-        med = [r["ms_per_step"]["median"] for r in srows]
-        err = [[m - r["ms_per_step"]["p10"] for m, r in zip(med, srows)],
-               [r["ms_per_step"]["p90"] - m for m, r in zip(med, srows)]]
-        ax.bar(range(len(srows)), med, yerr=err, capsize=3, color="tab:orange")
-        ax.set_xticks(range(len(srows)), labels, fontsize=6, rotation=30, ha="right")
-        ax.set_ylabel("ms/step (median, p10-p90)")
-        ax.set_title("training step")
+        _bar_panel(axes[0][ax_i], srows, "ms_per_step", labels, "tab:orange", 30,
+                   "ms/step (median, p10-p90)", "training step")
     fig.suptitle(doc["meta"]["name"])
     fig.tight_layout()
     fig.savefig(path, dpi=110)
