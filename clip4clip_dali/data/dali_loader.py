@@ -46,8 +46,8 @@ import numpy as np
 import torch
 
 from .reference import CLIP_MEAN, CLIP_STD
-from .sampling import frame_indices, frame_order_permutation
-from .sharding import shard_order
+from .sampling import clip_frame_indices, frame_order_permutation
+from .sharding import EpochShard
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -204,7 +204,7 @@ class _ListPlan:
         return self.batches.popleft() if self.batches else None
 
 
-class DaliLoader:
+class DaliLoader(EpochShard):
     """Batches of one rank's shard decoded by DALI; ``len`` = batches this rank yields per epoch."""
 
     backend = "dali"
@@ -231,8 +231,7 @@ class DaliLoader:
         self._indices: list[np.ndarray] = []
         self._sizes: list[np.ndarray] = []
         for v, info in enumerate(split.video_info):
-            idx = frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
-                                data_cfg.max_frames, data_cfg.slice_framepos)
+            idx = clip_frame_indices(info, data_cfg)
             self._indices.append(idx.astype(np.int32))
             if len(idx) == 0 or info.width <= 0 or info.height <= 0:
                 log.warning("skipping video with no frames to sample: %s", split.video_paths[v])
@@ -256,25 +255,11 @@ class DaliLoader:
         self._idle = None
 
     # ---- sample bookkeeping ------------------------------------------------------------
-    def _num_samples(self) -> int:
+    def num_samples(self) -> int:
         return len(self.split.captions) if self.mode == "train" else self.split.num_videos
 
     def _video_of(self, i: int) -> int:
         return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
-
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> np.ndarray:
-        """This rank's sample indices this epoch (before skipping broken videos)."""
-        train = self.mode == "train"
-        return shard_order(self._num_samples(), self.epoch, self.seed, shuffle=train,
-                           num_shards=self.world_size, shard_id=self.rank, drop_last=train,
-                           batch_size=self.batch_size)
-
-    def __len__(self) -> int:
-        n = len(self.indices())
-        return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
 
     def _batches(self, order: list[int], num_batches: Optional[int]) -> Iterator[list[int]]:
         """Chunks of ``order`` without known-bad videos. Training: exactly ``num_batches`` full

@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from .sampling import frame_indices, frame_order_permutation
-from .sharding import shard_order
+from .sampling import clip_frame_indices, frame_order_permutation
+from .sharding import EpochShard
 from .text import Tokenizer
 
 if TYPE_CHECKING:
@@ -87,11 +87,6 @@ def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch
     return out, mask
 
 
-def clip_indices(info, data_cfg: "DataConfig") -> np.ndarray:
-    return frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
-                         data_cfg.max_frames, data_cfg.slice_framepos)
-
-
 class ClipDataset(Dataset):
     """Train mode: item i is caption i with its video. Eval mode: item i is video i."""
 
@@ -111,7 +106,7 @@ class ClipDataset(Dataset):
         v = int(self.split.caption_video[i]) if self.mode == "train" else i
         path = self.split.video_paths[v]
         try:
-            frames = decode_clip(path, clip_indices(self.split.video_info[v], self.cfg),
+            frames = decode_clip(path, clip_frame_indices(self.split.video_info[v], self.cfg),
                                  self.cfg.image_resolution)
         except DecodeError as e:
             log.warning("skipping video that failed to decode: %s", e)
@@ -132,7 +127,7 @@ def collate_clips(items: list) -> dict | None:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
-class ReferenceLoader:
+class ReferenceLoader(EpochShard):
     """Batches of one rank's shard; ``len`` is the number of batches this rank yields."""
 
     backend = "reference"
@@ -148,18 +143,8 @@ class ReferenceLoader:
         self.prefetch = data_cfg.prefetch
         self.epoch = 0
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
-
-    def indices(self) -> np.ndarray:
-        train = self.mode == "train"
-        return shard_order(len(self.dataset), self.epoch, self.seed, shuffle=train,
-                           num_shards=self.world_size, shard_id=self.rank, drop_last=train,
-                           batch_size=self.batch_size)
-
-    def __len__(self) -> int:
-        n = len(self.indices())
-        return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
+    def num_samples(self) -> int:
+        return len(self.dataset)
 
     def __iter__(self):
         return self.iter_from(0)

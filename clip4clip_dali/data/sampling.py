@@ -54,6 +54,12 @@ def frame_indices(num_frames: int, fps: float, feature_framerate: int, max_frame
     return indices
 
 
+def clip_frame_indices(info, data_cfg) -> np.ndarray:
+    """``frame_indices`` for a manifest ``VideoInfo`` under a ``DataConfig``."""
+    return frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
+                         data_cfg.max_frames, data_cfg.slice_framepos)
+
+
 def frame_order_permutation(n: int, order: int, rng: np.random.Generator | None = None) -> np.ndarray:
     """Permutation of the ``n`` decoded frames: 0 keeps, 1 reverses, 2 shuffles (with ``rng``)."""
     if order == 0:

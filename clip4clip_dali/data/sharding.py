@@ -26,3 +26,29 @@ def shard_order(n: int, epoch: int, seed: int, shuffle: bool, num_shards: int = 
         per_step = batch_size * num_shards
         order = order[: (n // per_step) * per_step]
     return order[shard_id::num_shards].astype(np.int64)
+
+
+class EpochShard:
+    """A loader's per-rank sample order and batch count for the current epoch.
+
+    Subclasses set ``mode`` ("train" or "eval"), ``batch_size``, ``seed``, ``rank``,
+    ``world_size`` and ``epoch`` and define ``num_samples()``. Training shuffles and keeps only
+    full batches; evaluation keeps every sample once, in order.
+    """
+
+    def num_samples(self) -> int:
+        raise NotImplementedError
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def indices(self) -> np.ndarray:
+        """This rank's sample indices this epoch."""
+        train = self.mode == "train"
+        return shard_order(self.num_samples(), self.epoch, self.seed, shuffle=train,
+                           num_shards=self.world_size, shard_id=self.rank, drop_last=train,
+                           batch_size=self.batch_size)
+
+    def __len__(self) -> int:
+        n = len(self.indices())
+        return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
