@@ -527,7 +527,6 @@ def make_step(model, fn, opt, precision: str, device):
 
 def count_flops(args, cfg, device, analytic: list) -> tuple[float | None, str]:
     """FLOPs of one training step (forward + backward, no recompute), FlopCounterMode."""
-    import torch
     from torch.utils.flop_counter import FlopCounterMode
 
     small = min(args.step_batch, 4)  # counted on a small batch, scaled linearly (the B x B

@@ -7,7 +7,6 @@ a list/dict of those: the config as a plain dict, RNG states as tensors and list
 """
 from __future__ import annotations
 
-import io
 import os
 import random
 from pathlib import Path

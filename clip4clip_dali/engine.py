@@ -94,19 +94,6 @@ def _split_batch(batch: dict, k: int) -> list[dict]:
             for i in range(k)]
 
 
-def _iter_from(loader, k: int):
-    """An iterator over this epoch's batches from batch ``k`` on (resume mid-epoch).
-
-    A loader with ``iter_from(start_batch)`` skips without decoding; otherwise the first ``k``
-    batches are drawn and dropped (same order: it is a function of (seed, epoch))."""
-    if k > 0 and hasattr(loader, "iter_from"):
-        return iter(loader.iter_from(k))
-    it = iter(loader)
-    for _ in range(k):
-        next(it)
-    return it
-
-
 class Trainer:
     def __init__(self, cfg, info: D.DistInfo, model: torch.nn.Module, train_model,
                  optimizer, scheduler, scaler, train_loader, val_split, tracker,
@@ -265,7 +252,7 @@ class Trainer:
                     break
                 self.loader.set_epoch(st.epoch)
                 self.train_model.train()
-                it = _iter_from(self.loader, st.batch_in_epoch)
+                it = iter(self.loader.iter_from(st.batch_in_epoch))  # resume skips, not decodes
                 n_batches = len(self.loader)
                 finished_epoch = True
                 while st.batch_in_epoch < n_batches:

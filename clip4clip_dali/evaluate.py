@@ -189,12 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         prepare_data(cfg, info)
         from .data.msvd import load_split
 
-        split = load_split(cfg.data, split_name)
-        if split.num_videos == 0 or len(split.captions) == 0:
-            from .errors import UserError
-
-            raise UserError(f"split {split_name} of {cfg.data.data_path} has no usable video "
-                            f"with captions; nothing to evaluate.")
+        split = load_split(cfg.data, split_name)  # raises when nothing usable is left
         model = build_model(cfg, info.device)
         load_model_weights(model, args.checkpoint)
         if cfg.train.precision == "fp16_weights" and hasattr(model, "convert_clip_to_fp16"):

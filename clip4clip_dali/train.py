@@ -132,16 +132,9 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     # ---- data
     prepare_data(cfg, info)
     train_split = load_split(cfg.data, cfg.data.train_split)
-    if len(train_split.captions) == 0:
-        raise UserError(f"the {cfg.data.train_split} split of {cfg.data.data_path} has no usable "
-                        f"(video, caption) pair; check the split list and the videos under "
-                        f"{cfg.data.features_path}.")
     val_split = None
     if tc.eval_every_epoch:
         val_split = load_split(cfg.data, cfg.data.val_split)
-        if val_split.num_videos == 0 or len(val_split.captions) == 0:
-            log.warning("the %s split is empty; no per-epoch evaluation", cfg.data.val_split)
-            val_split = None
     loader = build_train_loader(cfg, train_split, info)
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:

@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import collections
 import logging
-from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np

@@ -25,7 +25,6 @@ import json
 import os
 import pickle
 import shutil
-import sys
 import tempfile
 import time
 from dataclasses import asdict, dataclass

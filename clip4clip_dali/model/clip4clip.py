@@ -21,7 +21,6 @@ rank for tightTransf.
 from __future__ import annotations
 
 import math
-import warnings
 from typing import Any, Optional
 
 import torch
@@ -30,7 +29,7 @@ import torch.nn.functional as F
 
 from ..loss import contrastive_loss, symmetric_ce
 from . import backbone as bb
-from .temporal import MeanP, SeqLSTM, SeqTransf, TightTransf, build_head, masked_mean_pool
+from .temporal import build_head, masked_mean_pool
 
 SIM_HEADERS = ("meanP", "seqLSTM", "seqTransf", "tightTransf")
 LOGIT_SCALE_MAX = math.log(100.0)
