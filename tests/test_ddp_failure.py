@@ -8,10 +8,11 @@ from test_train import REPO, env, tiny_args, tiny_data  # noqa: F401 (fixture)
 
 def test_one_rank_failing_ends_the_run(tiny_data, tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-           str(REPO / "tests" / "ddp_fail_launcher.py"),
+           str(REPO / "tests" / "fault_launcher.py"),
            *tiny_args(tiny_data, tmp_path / "out", "train.epochs=3")]
     start = time.monotonic()
-    p = subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True, timeout=240)
+    p = subprocess.run(cmd, cwd=REPO, env={**env(), "CLIP4CLIP_FAULT": "rank1_fails"},
+                       capture_output=True, text=True, timeout=240)
     elapsed = time.monotonic() - start
     assert p.returncode != 0
     assert "injected failure on rank 1" in p.stderr

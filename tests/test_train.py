@@ -6,6 +6,7 @@ loads, and signals and exit codes are real.
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -159,6 +160,24 @@ def test_nonfinite_stop_reports_and_saves_nothing(tiny_data, tmp_path):
     if (out / "latest.pt").exists():  # anything saved must hold finite weights
         sd = torch.load(out / "latest.pt", weights_only=True)["model"]
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
+
+
+def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_data, tmp_path):
+    out = tmp_path / "skip"
+    cmd = [sys.executable, str(REPO / "tests" / "fault_launcher.py"),
+           *tiny_args(tiny_data, out, "train.nonfinite_loss=skip", "train.max_steps=4",
+                      "train.eval_every_epoch=false", "train.epochs=2")]
+    p = subprocess.run(cmd, cwd=REPO, env={**env(), "CLIP4CLIP_FAULT": "nan_at_step2"},
+                       capture_output=True, text=True, timeout=300)
+    check(p)
+    assert "skipping this step" in p.stderr
+    recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
+    train_recs = [r for r in recs if r["kind"] == "train"]
+    assert [r["skipped_steps"] for r in train_recs] == [0, 1, 1, 1]
+    assert all(math.isfinite(r["loss"]) for i, r in enumerate(train_recs) if i != 1)
+    obj = torch.load(out / "latest.pt", weights_only=True)
+    assert obj["step"] == 4
+    assert all(torch.isfinite(v).all() for v in obj["model"].values() if v.is_floating_point())
 
 
 def test_user_errors_exit_2_without_traceback(tmp_path):
