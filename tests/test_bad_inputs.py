@@ -81,7 +81,20 @@ def _vfr(path):
             out.mux(p)
 
 
+def _zero_fps_header(path):
+    """MJPEG AVI whose headers say 0 frames a second (avih and strh rates zeroed)."""
+    path = write_clip(path.with_suffix(".avi"), frames=10, fps=10, codec="mjpeg")
+    data = bytearray(path.read_bytes())
+    avih = data.find(b"avih")
+    data[avih + 8:avih + 12] = bytes(4)  # dwMicroSecPerFrame
+    strh = data.find(b"strh")
+    data[strh + 28:strh + 36] = bytes(8)  # dwScale, dwRate
+    path.write_bytes(bytes(data))
+
+
 USABLE = {
+    # FFmpeg substitutes its default rate (25) for a zero one: the clip loads at that rate.
+    "zero fps in the header": _zero_fps_header,
     "variable frame rate": _vfr,
     "tiny 16x16 frames": lambda p: write_clip(p, frames=12, fps=6, width=16, height=16),
     "4K frames": lambda p: write_clip(p.with_suffix(".avi"), frames=3, fps=1, width=3840,
