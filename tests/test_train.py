@@ -150,6 +150,32 @@ def test_sigterm_saves_and_exits_zero(tiny_data, tmp_path):
     assert "SIGTERM" in err
 
 
+def test_sigkill_mid_run_then_resume_finishes_like_an_uninterrupted_run(tiny_data, tmp_path):
+    ref, out = tmp_path / "ref", tmp_path / "killed"
+    extra = ("train.epochs=3", "train.eval_every_epoch=false", "train.checkpoint_every=1")
+    check(run_train(tiny_args(tiny_data, ref, *extra)))
+    cmd = [sys.executable, "-m", "clip4clip_dali.train", *tiny_args(tiny_data, out, *extra)]
+    p = subprocess.Popen(cmd, cwd=REPO, env=env(), stdout=subprocess.DEVNULL,
+                         stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline and p.poll() is None:
+            if (out / "metrics.jsonl").is_file() and len(losses(out)) >= 3:
+                break
+            time.sleep(0.05)
+        assert p.poll() is None, "the run ended before it could be killed"
+        p.kill()  # SIGKILL: no handler runs, possibly in the middle of a checkpoint write
+        p.wait(timeout=30)
+    finally:
+        if p.poll() is None:
+            p.kill()
+    check(run_train(tiny_args(tiny_data, out, *extra) + ["--resume", "auto"]))
+    a = torch.load(ref / "latest.pt", weights_only=True)
+    b = torch.load(out / "latest.pt", weights_only=True)
+    assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 3
+    assert all(torch.equal(a["model"][k], b["model"][k]) for k in a["model"])
+
+
 def test_nonfinite_stop_reports_and_saves_nothing(tiny_data, tmp_path):
     out = tmp_path / "nan"
     p = run_train(tiny_args(tiny_data, out, "train.lr=1.0e+30", "train.nonfinite_loss=stop",
