@@ -87,6 +87,7 @@ class TrainConfig:
     grad_checkpointing: bool = False
     local_loss: bool = False
     nonfinite_loss: Literal["skip", "stop"] = "skip"
+    dist_timeout_s: float = 1800.0  # a collective waiting longer than this fails the run
     log_every: int = 10
     checkpoint_every: int = 0  # steps; 0: only at epoch end
     eval_every_epoch: bool = True
@@ -139,6 +140,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "train.warmup_proportion": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "train.max_grad_norm": (lambda v: v >= 0, "0 (no clipping) or more"),
     "train.log_every": (lambda v: v >= 1, "at least 1"),
+    "train.dist_timeout_s": (lambda v: v > 0, "positive (seconds)"),
     "train.checkpoint_every": (lambda v: v >= 0, "0 or more"),
     "eval.sim_chunk": (lambda v: v >= 1, "at least 1"),
 }

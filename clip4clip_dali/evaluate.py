@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="override a config key, e.g. --set eval.dsl=true")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
-    info = D.init_distributed()
+    info = D.init_distributed(timeout_s=cfg.train.dist_timeout_s)
     setup_logging(info)
     try:
         split_name = args.split or cfg.eval.split

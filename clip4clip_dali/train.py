@@ -116,7 +116,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     from .optim import build_optimizer
     from .tracking import Tracker, peak_flops, training_flops_per_sample
 
-    info = info or D.init_distributed()
+    info = info or D.init_distributed(timeout_s=cfg.train.dist_timeout_s)
     setup_logging(info)
     t_start = time.perf_counter()
     tc = cfg.train
@@ -241,7 +241,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="continue from a full checkpoint; 'auto' = <output_dir>/latest.pt if any")
     args = p.parse_args(argv)
     cfg = load_config(args.config, args.set)
-    info = D.init_distributed()
+    info = D.init_distributed(timeout_s=cfg.train.dist_timeout_s)
     try:
         summary = run(cfg, args.resume, info)
     finally:

@@ -35,3 +35,45 @@ def test_uneven_gather_no_deadlock_in_rank_order(tmp_path):
                       for r, n in ROWS.items()])
     for r in ROWS:
         assert torch.equal(torch.load(tmp_path / f"rank{r}.pt"), want)
+
+
+def _stalling_worker(rank: int, port: int, out_dir: str) -> None:
+    import os
+    import time
+
+    from clip4clip_dali.distributed import all_reduce_sum, cleanup, init_distributed
+
+    os.environ.update(RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    info = init_distributed(prefer_device="cpu", timeout_s=3)
+    if rank == 1:  # never joins the collective: a peer stuck elsewhere
+        time.sleep(30)
+        return
+    start = time.monotonic()
+    try:
+        all_reduce_sum([1.0], info.device)
+        outcome = "returned"
+    except Exception as e:  # gloo raises once train.dist_timeout_s has passed
+        outcome = type(e).__name__
+    with open(f"{out_dir}/rank0.txt", "w") as f:
+        f.write(f"{outcome} {time.monotonic() - start:.1f}")
+    cleanup()
+
+
+def test_collective_fails_after_the_configured_timeout(tmp_path):
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=_stalling_worker, args=(r, port, str(tmp_path))) for r in (0, 1)]
+    for p in procs:
+        p.start()
+    procs[0].join(timeout=60)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+    outcome, seconds = (tmp_path / "rank0.txt").read_text().split()
+    assert outcome != "returned"
+    assert float(seconds) < 20, f"waited {seconds} s with a 3 s timeout"
