@@ -217,7 +217,9 @@ def bench_dataset(cache: Path, codec: str, videos: int, size: tuple[int, int], f
         if workers > 1:
             from concurrent.futures import ProcessPoolExecutor
 
-            with ProcessPoolExecutor(workers) as pool:
+            from clip4clip_dali.workers import clean_context
+
+            with ProcessPoolExecutor(workers, mp_context=clean_context(("av",))) as pool:
                 list(pool.map(_write_clip, jobs, chunksize=4))
         else:
             for job in jobs:
@@ -434,13 +436,16 @@ def measure_loader(kind: str, args, cfg, split, has_cuda: bool) -> dict:
 
         from original_style import OriginalStyleDataset
 
+        from clip4clip_dali.data.reference import worker_context
+
         ds = OriginalStyleDataset(split.video_paths, cfg.data.max_frames, cfg.data.image_resolution,
                                   cfg.data.feature_framerate, cfg.data.slice_framepos)
 
         def run_pass():
             dl = DataLoader(ds, batch_size=args.loader_batch, shuffle=False,
                             num_workers=args.workers,
-                            prefetch_factor=args.prefetch if args.workers > 0 else None)
+                            prefetch_factor=args.prefetch if args.workers > 0 else None,
+                            multiprocessing_context=worker_context() if args.workers > 0 else None)
             return _count_pass(dl, sync)
     else:
         loader = make_loader(kind, cfg, split, "eval", args.loader_batch, "cpu")

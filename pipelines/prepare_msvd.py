@@ -43,6 +43,7 @@ if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
 from clip4clip_dali.errors import UserError, run_cli  # noqa: E402
+from clip4clip_dali.workers import clean_context  # noqa: E402
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -233,7 +234,7 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
             results[r[0]] = r[1:]
             _progress(r, len(results), len(videos))
     else:
-        with ProcessPoolExecutor(workers) as pool:
+        with ProcessPoolExecutor(workers, mp_context=clean_context(("av",))) as pool:
             futs = [pool.submit(prepare_one, vid, str(p), str(out_dir), opts, force)
                     for vid, p in videos.items()]
             for f in as_completed(futs):

@@ -88,3 +88,58 @@ def test_per_rank_batch_and_world_size(datasets):
     assert all(p.batch_size == 2 for p in parts) and len(parts[0]) == len(parts[1]) == 1
     with pytest.raises(UserError):
         build_loader(_cfg(datasets["vp9"], batch_size=1), split, "train", world_size=2)
+
+
+
+_COLLECTING_DATASET = """
+import gc
+from clip4clip_dali.data.reference import ClipDataset
+
+
+class CollectingDataset(ClipDataset):
+    def __getitem__(self, i):
+        gc.collect()  # as a worker's own garbage collection would, sooner or later
+        return super().__getitem__(i)
+"""
+
+_AFTER_DALI = """
+import gc, sys
+from clip4clip_dali.config import from_dict
+from clip4clip_dali.data.dali_loader import DaliLoader
+from clip4clip_dali.data.msvd import load_split
+from clip4clip_dali.data.reference import ReferenceLoader
+from collecting_dataset import CollectingDataset
+data, videos = sys.argv[1:3]
+cfg = from_dict({"data": {"data_path": data, "features_path": videos, "max_frames": 4,
+                          "image_resolution": 32}})
+split = load_split(cfg.data, "test")
+dali = DaliLoader(split, cfg.data, "eval", 2, device="cpu")
+list(dali)
+gc.disable()  # the dropped DALI loader stays garbage in this process
+dali.cycle = dali
+del dali
+ref = ReferenceLoader(split, cfg.data, "eval", 1, num_workers=2)
+ref.dataset.__class__ = CollectingDataset
+print(sorted(int(i) for b in ref for i in b["video_index"]))
+"""
+
+
+def test_reference_workers_survive_dali_garbage_in_the_parent(datasets, tmp_path):
+    """A forked worker that garbage-collects a DALI pipeline inherited from its parent hangs in
+    the pipeline's destructor (the CI failure of 2026-11-27): the reference loader's workers
+    must not inherit the parent's objects."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "collecting_dataset.py").write_text(_COLLECTING_DATASET)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    data, videos = datasets["vp9"]
+    try:
+        p = subprocess.run([sys.executable, "-c", _AFTER_DALI, str(data), str(videos)],
+                           capture_output=True, text=True, timeout=120, env=env)
+    except subprocess.TimeoutExpired:
+        pytest.fail("reference loader workers hung after a DALI loader was dropped")
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip().splitlines()[-1] == "[0, 1, 2]"

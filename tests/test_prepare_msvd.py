@@ -2,7 +2,6 @@
 fallback copy, manifest; and DALI-CPU equals the reference on prepared real MSVD clips."""
 from __future__ import annotations
 
-import importlib.util
 import shutil
 import sys
 
@@ -17,10 +16,8 @@ from clip4clip_dali.data.reference import ReferenceLoader
 from conftest import MINI_MSVD, REPO, require_realdata
 from dali_fixtures import pixel_mae, smooth_clip
 
-spec = importlib.util.spec_from_file_location("prepare_msvd", REPO / "pipelines" / "prepare_msvd.py")
-prep = importlib.util.module_from_spec(spec)
-sys.modules["prepare_msvd"] = prep
-spec.loader.exec_module(prep)
+sys.path.insert(0, str(REPO / "pipelines"))  # importable by name, in pool workers too
+import prepare_msvd as prep  # noqa: E402
 
 REAL = ["klteYv1Uv9A_27_33", "778mkceE0UQ_40_46", "0lh_UWF9ZP4_62_69"]  # 15, 59.94, 29.92 fps
 

@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from .sampling import clip_frame_indices, frame_order_permutation
 from .sharding import EpochShard
+from ..workers import clean_context
 from .text import Tokenizer
 
 if TYPE_CHECKING:
@@ -127,6 +128,11 @@ def collate_clips(items: list) -> dict | None:
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}
 
 
+def worker_context():
+    """Clean DataLoader workers (see ``clip4clip_dali.workers``) with decoding preloaded."""
+    return clean_context(("torch", "av", "torchvision.transforms.functional", __name__))
+
+
 class ReferenceLoader(EpochShard):
     """Batches of one rank's shard; ``len`` is the number of batches this rank yields."""
 
@@ -159,6 +165,7 @@ class ReferenceLoader(EpochShard):
                             sampler=order, collate_fn=collate_clips,
                             num_workers=workers, drop_last=self.mode == "train",
                             prefetch_factor=self.prefetch if workers > 0 else None,
+                            multiprocessing_context=worker_context() if workers > 0 else None,
                             pin_memory=self.device.type == "cuda")
         for batch in loader:
             if batch is None:
