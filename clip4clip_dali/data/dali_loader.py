@@ -260,31 +260,6 @@ class DaliLoader(EpochShard):
     def _video_of(self, i: int) -> int:
         return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
 
-    def _batches(self, order: list[int], num_batches: Optional[int]) -> Iterator[list[int]]:
-        """Chunks of ``order`` without known-bad videos. Training: exactly ``num_batches`` full
-        batches, wrapping around ``order`` when broken videos leave too few samples."""
-        pos, made = 0, 0
-        while num_batches is None or made < num_batches:
-            batch: list[int] = []
-            start = pos
-            while len(batch) < self.batch_size:
-                if pos >= len(order):
-                    if num_batches is None:
-                        break
-                    if pos == start or not order:
-                        return  # nothing usable is left at all
-                    order, pos, start = order, 0, 0  # wrap around (training only)
-                    if not any(self._video_of(i) not in self.bad_videos for i in order):
-                        return
-                i = order[pos]
-                pos += 1
-                if self._video_of(i) not in self.bad_videos:
-                    batch.append(i)
-            if not batch:
-                return
-            made += 1
-            yield batch
-
     # ---- DALI -------------------------------------------------------------------------
     def _feed(self, batch: list[int]):
         enc, frames, sizes = [], [], []
