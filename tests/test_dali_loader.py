@@ -68,6 +68,19 @@ def test_dali_cpu_equals_reference(dataset, mode):
                for b in dali)
 
 
+def test_frames_already_at_target_size_skip_the_resize_and_still_match(tmp_path):
+    """Prepared clips (short side = image_resolution) skip DALI's resize on the CPU, as PIL
+    skips it in the reference; mixed with clips that need it, in one batch."""
+    ds = make_dataset(tmp_path, [dict(frames=20, fps=10, codec="vp9", width=84, height=64),
+                                 dict(frames=20, fps=10, codec="mjpeg", width=64, height=80),
+                                 dict(frames=20, fps=10, codec="vp9", width=96, height=72)])
+    cfg = _cfg(ds, image_resolution=64)
+    split = load_split(cfg, "test")
+    dali = DaliLoader(split, cfg, "eval", 3)
+    assert [bool(r) for r in dali._resize] == [False, False, True]
+    assert_same_batches(list(dali), list(ReferenceLoader(split, cfg, "eval", 3, num_workers=0)))
+
+
 def test_frame_order_reverse_and_shuffle(dataset):
     cfg = _cfg(dataset, eval_frame_order=1, train_frame_order=2)
     split = load_split(cfg, "test")
