@@ -285,7 +285,7 @@ def datasets(args) -> list[dict]:
     if args.data_path:
         dp = Path(args.data_path)
         fp = Path(args.features_path) if args.features_path else dp
-        return [{"label": f"user:{dp.name}", "codec": "as found", "data_path": dp,
+        return [{"label": args.label or f"user:{dp.name}", "codec": "as found", "data_path": dp,
                  "features_path": fp, "note": f"user data {dp} (split {args.split})"}]
     out = []
     cache = Path(args.cache_dir)
@@ -790,15 +790,18 @@ def to_markdown(doc: dict) -> str:
         la = lambda v: "/".join(f"{x:.1f}" for x in v)  # noqa: E731
         lines.append(f"- load average (1/5/15 min) at start {la(m['load_average_at_start'])}"
                      + (f", at end {la(m['load_average_at_end'])}" if m.get("load_average_at_end") else "")
-                     + f" on {m['cpu']['cores']} cores (above the core count: other processes "
-                       f"shared the machine and the timings are noisy)")
+                     + f" on {m['cpu']['cores']} cores"
+                     + (" (above the core count: other processes shared the machine and the "
+                        "timings are noisy)" if max(m["load_average_at_start"][:1]
+                                                     + (m.get("load_average_at_end") or [0])[:1])
+                        > m["cpu"]["cores"] else ""))
     lines.append("")
     ld = doc.get("loader")
     if ld:
         lines += ["## Loader: frames/s delivered (each clip once per pass)", ""]
         c = ld["config"]
-        lines += [f"max_frames {c['max_frames']}, {c['resolution']}x{c['resolution']}, batch "
-                  f"{c['batch']}, {c['workers']} DataLoader workers = DALI threads, warm-up pass "
+        lines += [f"max_frames {c['max_frames']}, {c['resolution']}x{c['resolution']}, "
+                  f"{c['workers']} DataLoader workers = DALI threads, warm-up pass "
                   f"then {c['repeats']} timed windows of >= {c['min_repeat_seconds']} s; median "
                   f"(p10–p90). Whole pass: from asking for the first batch to the last (what the "
                   f"targets use: each loader pays its own start-up, as every epoch does); steady: "
@@ -806,12 +809,12 @@ def to_markdown(doc: dict) -> str:
                   f"batches a pass it flatters loaders that prefetch in parallel).", ""]
         for ds, note in ld.get("datasets", {}).items():
             lines.append(f"- `{ds}`: {note}")
-        lines += ["", "| set | loader | frames/s (whole pass) | steady frames/s | clips/s | "
-                  "first batch s | status |", "|---|---|---:|---:|---:|---:|---|"]
+        lines += ["", "| set | loader | batch | frames/s (whole pass) | steady frames/s | clips/s | "
+                  "first batch s | status |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in ld["rows"]:
             status = "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
             lines.append(f"| {r['dataset']} | {LOADER_NAMES.get(r['backend'], r['backend'])} | "
-                         f"{fmt_stat(r.get('frames_per_s'))} | {fmt_stat(r.get('steady_frames_per_s'))} | "
+                         f"{r.get('batch_size', c['batch'])} | {fmt_stat(r.get('frames_per_s'))} | {fmt_stat(r.get('steady_frames_per_s'))} | "
                          f"{fmt_stat(r.get('clips_per_s'), 2)} | {fmt_stat(r.get('first_batch_s'), 2)} | "
                          f"{status} |")
         lines.append("")
@@ -1054,6 +1057,7 @@ def parse_args(argv=None):
     # data
     p.add_argument("--data-path", default=None, help="a user's MSVD-format data_path (raw or prepared)")
     p.add_argument("--features-path", default=None, help="its video folder (default: data-path)")
+    p.add_argument("--label", default=None, help="the name of that set in the tables (default: user:<data-path name>)")
     p.add_argument("--split", default="train")
     p.add_argument("--max-videos", type=int, default=0, help="use only the first N videos (0: all)")
     p.add_argument("--cache-dir", default=os.environ.get("CLIP4CLIP_BENCH_CACHE",
