@@ -79,10 +79,10 @@ def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     return model.to(device)
 
 
-def build_train_loader(cfg: Config, split, info: D.DistInfo):
+def build_split_loader(cfg: Config, split, mode: str, info: D.DistInfo):
     from .data.loader import build_loader
 
-    return build_loader(cfg, split, "train", rank=info.rank, world_size=info.world_size,
+    return build_loader(cfg, split, mode, rank=info.rank, world_size=info.world_size,
                         device=info.device)
 
 
@@ -135,7 +135,9 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     val_split = None
     if tc.eval_every_epoch:
         val_split = load_split(cfg.data, cfg.data.val_split)
-    loader = build_train_loader(cfg, train_split, info)
+    loader = build_split_loader(cfg, train_split, "train", info)
+    # Built once: every epoch's evaluation reuses it (and DALI its pipeline).
+    val_loader = build_split_loader(cfg, val_split, "eval", info) if val_split else None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
         raise UserError(f"the {cfg.data.train_split} split has {len(train_split.captions)} "
@@ -173,7 +175,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                                    cfg.data.image_resolution)
     peak = peak_flops(info.device)
     trainer = Trainer(cfg, info, model, train_model, optimizer, scheduler, scaler, loader,
-                      val_split, None, total_steps)
+                      val_split, val_loader, total_steps)
     resume_path = resolve_resume(cfg, resume)
     if resume_path is not None:
         obj = ckpt.load(resume_path, map_location=info.device)
