@@ -175,7 +175,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                                    cfg.data.image_resolution)
     peak = peak_flops(info.device)
     trainer = Trainer(cfg, info, model, train_model, optimizer, scheduler, scaler, loader,
-                      val_split, val_loader, total_steps)
+                      val_split, None, total_steps, val_loader=val_loader)
     resume_path = resolve_resume(cfg, resume)
     if resume_path is not None:
         obj = ckpt.load(resume_path, map_location=info.device)

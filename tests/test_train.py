@@ -67,7 +67,11 @@ def check(p: subprocess.CompletedProcess, rc: int = 0) -> None:
 
 def test_resume_continues_exactly_and_evaluate_cli(tiny_data, tmp_path):
     a, b = tmp_path / "a", tmp_path / "b"
-    check(run_train(tiny_args(tiny_data, a, "train.epochs=2")))
+    first = run_train(tiny_args(tiny_data, a, "train.epochs=2"))
+    check(first)
+    # two evaluations on val, one val loader (DALI keeps its pipeline between them)
+    assert len(list((a).glob("eval_val_epoch*.json"))) == 2
+    assert first.stderr.count("data loader for val") == 1
     full = losses(a)
     assert len(full) >= 4 and all(map(lambda x: x == x, full))
     # stop after 3 steps (mid-epoch), then resume: the same losses, bit for bit
