@@ -47,7 +47,7 @@ rc=${PIPESTATUS[0]}; [ "$rc" = 0 ] || status=1
 echo "== loader benchmark"
 if [ -f benchmarks/throughput.py ]; then
   timeout ${BENCH_TIMEOUT:-150} python3 benchmarks/throughput.py --sections loader --device cuda \
-    --codecs vp9,h264 --videos 16 --clip-size 320x240 --loaders dali_gpu,dali_cpu,reference \
+    --codecs vp9,h264 --videos 16 --clip-size 320x240 --loaders dali_gpu,dali_hybrid,dali_cpu,reference \
     --workers 4 --loader-batch 16 --repeats 2 --min-repeat-seconds 1 --loader-budget 25 \
     --out "$RES" --name loader_gpu 2>&1 | tail -40 | tee "$RES/bench.log"
   rc=${PIPESTATUS[0]}; echo "benchmark exit $rc"; [ "$rc" = 0 ] || status=1

@@ -45,6 +45,10 @@ class DataConfig:
     loader: Literal["auto", "dali", "reference"] = "auto"
     num_workers: int = 2  # reference loader DataLoader workers
     dali_threads: int = 2
+    # On a GPU: "nvdec" decodes on the GPU's video engine; "cpu" decodes with DALI's CPU
+    # decoder (dali_threads threads; VP8/VP9/MJPEG) and resizes/normalises on the GPU
+    # (experimental: not yet measured on a GPU). Ignored on the CPU.
+    dali_decoder: Literal["nvdec", "cpu"] = "nvdec"
     prefetch: int = 2  # batches queued ahead (DALI prefetch_queue_depth, DataLoader prefetch)
     manifest: Optional[str] = None  # default: <features_path>/.clip4clip_manifest.json
     train_split: str = "train"

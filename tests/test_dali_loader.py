@@ -287,6 +287,48 @@ def test_gpu_routing_of_what_nvdec_cannot_decode(tmp_path, what):
         assert choose_backend("dali", split, torch.device("cpu"))[0] == "dali"
 
 
+def test_gpu_run_with_cpu_decoder_takes_cpu_codecs_at_any_size(tmp_path):
+    """data.dali_decoder=cpu on a GPU: DALI's CPU decoder feeds the GPU, so MJPEG and VP9
+    below NVDEC's minimum are DALI's, H.264 is not. Runs without a GPU (only the choice)."""
+    from clip4clip_dali.data.dali_loader import dali_import_error
+    from clip4clip_dali.data.loader import choose_backend
+    from clip4clip_dali.errors import UserError
+
+    if dali_import_error():
+        pytest.skip("needs NVIDIA DALI importable")
+    dev = torch.device("cuda", 0)
+    cpu_ok = make_dataset(tmp_path / "a", [dict(frames=12, fps=10, codec="mjpeg"),
+                                           dict(frames=12, fps=10, codec="vp9", width=96, height=64)])
+    split = load_split(_loader_cfg(*cpu_ok, "auto").data, "test")
+    backend, reason = choose_backend("auto", split, dev, "cpu")
+    assert backend == "dali" and "on the CPU" in reason
+    assert choose_backend("auto", split, dev, "nvdec")[0] == "reference"
+    h264 = make_dataset(tmp_path / "b", [dict(frames=12, fps=10, codec="h264")])
+    split = load_split(_loader_cfg(*h264, "auto").data, "test")
+    assert choose_backend("auto", split, dev, "cpu")[0] == "reference"
+    assert choose_backend("auto", split, dev, "nvdec")[0] == "dali"
+    with pytest.raises(UserError, match="dali_decoder=nvdec"):
+        choose_backend("dali", split, dev, "cpu")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_dali_cpu_decoder_feeding_the_gpu_equals_reference(tmp_path):
+    """data.dali_decoder=cpu: decoded on the CPU, resized and normalised on the GPU."""
+    data, videos = make_dataset(tmp_path, gpu_specs("mjpeg")[:2] + [
+        dict(frames=30, fps=10, codec="vp9", width=96, height=64)])  # below NVDEC's VP9 minimum
+    cfg = _cfg((data, videos), dali_decoder="cpu")
+    split = load_split(cfg, "test")
+    dev = torch.device("cuda", 0)
+    for mode in ("eval", "train"):
+        loader = DaliLoader(split, cfg, mode, 2, device=dev, seed=5)
+        assert loader.decode_device == "cpu"
+        dali = list(loader)
+        assert all(t.device == dev for b in dali for t in b.values())
+        ref = list(ReferenceLoader(split, cfg, mode, 2, seed=5, num_workers=0))
+        assert_same_batches(dali, ref, tol=2.5)
+
+
 @pytest.mark.gpu
 @gpu
 def test_dali_gpu_mjpeg_goes_to_the_reference_loader(tmp_path):

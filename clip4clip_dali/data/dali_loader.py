@@ -82,6 +82,14 @@ def normalize_codec(name: str) -> str:
     return _CODEC_ALIASES.get(name, name)
 
 
+def decoder_device(device: torch.device | str, dali_decoder: str = "nvdec") -> torch.device:
+    """Where DALI decodes for a loader whose batches go to ``device``: its GPU (NVDEC) unless
+    ``data.dali_decoder`` is "cpu"; on the CPU always the CPU. Codec and frame-size limits are
+    those of this device."""
+    device = torch.device(device)
+    return device if device.type == "cuda" and dali_decoder == "nvdec" else torch.device("cpu")
+
+
 def supported_codecs(device: torch.device) -> frozenset:
     return GPU_CODECS if torch.device(device).type == "cuda" else CPU_CODECS
 
@@ -128,18 +136,21 @@ def _pipeline_fn():
     std = [255.0 * s for s in CLIP_STD]
 
     @pipeline_def(enable_conditionals=True)
-    def video_pipeline(source, resolution: int, max_frames: int, decode_device: str):
-        encoded, frames, size, resize = fn.external_source(
-            source=source, num_outputs=4, batch=True,
-            dtype=[types.UINT8, types.INT32, types.FLOAT, types.BOOL], ndim=[1, 1, 1, 0])
+    def video_pipeline(source, resolution: int, max_frames: int, decode_device: str,
+                       transform_on_gpu: bool):
+        n = 3 if transform_on_gpu else 4  # resize flags only where the resize may be skipped
+        inputs = fn.external_source(
+            source=source, num_outputs=n, batch=True,
+            dtype=[types.UINT8, types.INT32, types.FLOAT, types.BOOL][:n], ndim=[1, 1, 1, 0][:n])
+        encoded, frames, size = inputs[:3]
         video = fn.decoders.video(encoded, frames=frames, device=decode_device, pad_mode="none")
-        if decode_device == "cpu":
+        if transform_on_gpu:
+            if decode_device == "cpu":  # CPU decoding feeding a GPU: uint8 frames go over
+                video = video.gpu()
+            video = fn.resize(video, size=size, interp_type=types.INTERP_CUBIC, antialias=True)
+        elif inputs[3]:
             # Clips already at the target size (prepare_msvd.py's output) skip the resize, as
             # PIL does; on the CPU it is three quarters of the work.
-            if resize:
-                video = fn.resize(video, size=size, interp_type=types.INTERP_CUBIC,
-                                  antialias=True)
-        else:
             video = fn.resize(video, size=size, interp_type=types.INTERP_CUBIC, antialias=True)
         video = fn.crop_mirror_normalize(video, crop=(resolution, resolution), mean=mean,
                                          std=std, dtype=types.FLOAT, output_layout="FCHW")
@@ -231,6 +242,9 @@ class DaliLoader(EpochShard):
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.device_id = self.device.index if self.device.type == "cuda" else None
+        self.decoder_device = decoder_device(self.device, data_cfg.dali_decoder)
+        on_nvdec = self.decoder_device.type == "cuda"
+        self.decode_device = "mixed" if on_nvdec else "cpu"
         self.threads, self.prefetch = data_cfg.dali_threads, data_cfg.prefetch
         self.resolution, self.max_frames = data_cfg.image_resolution, data_cfg.max_frames
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
@@ -252,7 +266,7 @@ class DaliLoader(EpochShard):
                 out_hw = resize_size(info.width, info.height, self.resolution)
                 self._sizes.append(np.asarray(out_hw, np.float32))
                 self._resize.append(np.array(out_hw != (info.height, info.width)))
-                why = unsupported_reason(info, self.device) if self.device_id is not None else None
+                why = unsupported_reason(info, self.decoder_device) if on_nvdec else None
                 if why is not None:  # (build_loader routes such splits elsewhere first)
                     log.warning("skipping video DALI cannot decode on the GPU (%s): %s", why,
                                 split.video_paths[v])
@@ -282,12 +296,12 @@ class DaliLoader(EpochShard):
             frames.append(self._indices[v])
             sizes.append(self._sizes[v])
             resize.append(self._resize[v])
-        return enc, frames, sizes, resize
+        return (enc, frames, sizes) if self.device_id is not None else (enc, frames, sizes, resize)
 
     def _build(self, source, batch_size: int, prefetch: int):
         pipe = _pipeline_fn()(
-            source, self.resolution, self.max_frames,
-            "mixed" if self.device_id is not None else "cpu",
+            source, self.resolution, self.max_frames, self.decode_device,
+            self.device_id is not None,
             batch_size=batch_size, num_threads=self.threads, device_id=self.device_id,
             prefetch_queue_depth=prefetch, seed=self.seed)
         pipe.build()

@@ -5,7 +5,8 @@ otherwise), ``reference`` (PyAV + PIL in a torch DataLoader) or ``auto``: DALI w
 installed and can decode every video of the split on that device (CPU: VP8, VP9, MJPEG; GPU:
 H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, each no smaller than NVDEC's minimum frame size for
 the codec, e.g. 128x128 for VP9 and AV1, see ``dali_loader.GPU_MIN_SIZE``; MJPEG is not
-decoded by DALI's GPU decoder), the reference loader otherwise. The choice and its reason are
+decoded by DALI's GPU decoder; with ``data.dali_decoder: cpu`` a GPU run decodes on the CPU and
+the CPU's codecs apply), the reference loader otherwise. The choice and its reason are
 logged once (logger ``clip4clip_dali``).
 """
 from __future__ import annotations
@@ -17,7 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
-from .dali_loader import DaliLoader, dali_import_error, normalize_codec, unsupported_reason
+from .dali_loader import (DaliLoader, dali_import_error, decoder_device, normalize_codec,
+                          unsupported_reason)
 from .reference import ReferenceLoader
 
 if TYPE_CHECKING:
@@ -52,9 +54,12 @@ def _where(device: torch.device) -> str:
     return "the GPU (NVDEC)" if device.type == "cuda" else "the CPU"
 
 
-def choose_backend(choice: str, split: "MSVDSplit", device: torch.device) -> tuple[str, str]:
-    """(backend, reason). Raises UserError for an explicit ``dali`` that cannot work."""
-    device = torch.device(device)
+def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
+                   dali_decoder: str = "nvdec") -> tuple[str, str]:
+    """(backend, reason) for batches on ``device``. Raises UserError for an explicit ``dali``
+    that cannot work."""
+    out_device = torch.device(device)
+    device = decoder_device(out_device, dali_decoder)
     if choice == "reference":
         return "reference", "data.loader=reference"
     err = dali_import_error()
@@ -74,7 +79,9 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device) -> tup
         if choice == "dali":
             hint = ("transcode them with `python pipelines/prepare_msvd.py --src <videos> --out "
                     "<new folder>` (VP9, short side 224) and point data.features_path there, "
-                    + ("run on the CPU, " if device.type == "cuda" else "run on a GPU, ")
+                    + ("run on the CPU, " if device.type == "cuda" else
+                       "set data.dali_decoder=nvdec, " if out_device.type == "cuda" else
+                       "run on a GPU, ")
                     + "or set data.loader=reference")
             raise UserError(f"data.loader=dali, but {what}: {hint}.")
         return "reference", (f"{what}; run pipelines/prepare_msvd.py to transcode them for "
@@ -98,7 +105,7 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
         batch = per_rank_batch(cfg.train.batch_size, world_size, "train.batch_size")
     else:
         batch = max(1, cfg.train.eval_batch_size // world_size)
-    backend, reason = choose_backend(cfg.data.loader, split, device)
+    backend, reason = choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder)
     log.info("data loader for %s (%s): %s on %s, %s", split.name, mode, backend, device, reason)
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
     if backend == "dali":
