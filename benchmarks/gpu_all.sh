@@ -2,7 +2,9 @@
 # Every GPU check in one bounded run (~5 minutes on an H100/H200), for a lent machine with a
 # short time budget. From the repository root:   OUT=/dir bash benchmarks/gpu_all.sh
 #   1. GPU tests: DALI (NVDEC) against the reference loader; model GPU-only tests (fp16 modes).
-#   2. Loader benchmark on 3 fps 224p clips (VP9 and H.264): DALI-GPU, DALI-CPU, reference, original.
+#   2. Loader benchmark on 3 fps 224p clips (VP9 and H.264): DALI-GPU, DALI CPU decode + GPU
+#      resize, DALI-CPU, reference, original; then the DALI graph cut after each stage
+#      (benchmarks/dali_stages.py) with NVDEC and with the CPU decoder, to see where time goes.
 #   3. Step benchmark, ViT-B/32 meanP batch 128 x 12: eager fp32, eager amp_bf16, compiled
 #      amp_bf16 (model only), and compiled amp_bf16 fed by DALI-GPU (end to end).
 # benchmarks/gpu_suite.sh is the longer, complete version (with/without checkpointing).
@@ -32,6 +34,14 @@ timeout -k 5 "${T_LOADER:-80}" $BENCH --name "$NAME-loader" --sections loader $D
   --loader-batch 64 --repeats 2 --min-repeat-seconds 1 --loader-budget 8 \
   > "$RES/$NAME-loader.log" 2>&1
 rc=$?; tail -30 "$RES/$NAME-loader.log"; echo "loader exit $rc"; [ "$rc" = 0 ] || status=1
+
+echo "== 2b/3 DALI graph stages, NVDEC and CPU decoder ($(( $(date +%s) - t0 )) s)"
+SET=$(ls -d "$CLIP4CLIP_BENCH_CACHE"/vp9-"${VIDEOS:-96}"v-298x224-3fps-* 2>/dev/null | head -1)
+for dec in nvdec cpu; do
+  [ -n "$SET" ] && timeout -k 5 "${T_STAGES:-30}" python3 benchmarks/dali_stages.py \
+    --features-path "$SET/videos" --device cuda --decoder "$dec" --threads 8 --batch 64 \
+    --seconds 2 --out "$RES/$NAME-stages-$dec.json" 2>&1 | grep -v "^\[" | tail -8
+done
 
 echo "== 3/3 step ($(( $(date +%s) - t0 )) s)"
 timeout -k 5 "${T_STEP:-170}" $BENCH --name "$NAME-step" --sections step $DATA --codecs vp9 \
