@@ -24,13 +24,13 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RES
 
 echo "== 1/3 GPU tests ($(( $(date +%s) - t0 )) s)"
 timeout -k 5 "${T_TESTS:-100}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
-  tests/test_dali_loader.py tests/test_model.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
+  tests/test_dali_loader.py tests/test_frame_cache.py tests/test_model.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
   | tail -25 | tee "$RES/gpu_tests.log"
 rc=${PIPESTATUS[0]}; echo "gpu tests exit $rc"; [ "$rc" = 0 ] || status=1
 
 echo "== 2/3 loader ($(( $(date +%s) - t0 )) s)"
 timeout -k 5 "${T_LOADER:-80}" $BENCH --name "$NAME-loader" --sections loader $DATA \
-  --codecs vp9,h264 --loaders dali_gpu,dali_hybrid,dali_cpu,reference,original --workers 8 \
+  --codecs vp9,h264 --loaders dali_gpu,dali_hybrid,dali_cpu,reference,cache,original --workers 8 \
   --loader-batch 64 --repeats 2 --min-repeat-seconds 1 --loader-budget 8 \
   > "$RES/$NAME-loader.log" 2>&1
 rc=$?; tail -30 "$RES/$NAME-loader.log"; echo "loader exit $rc"; [ "$rc" = 0 ] || status=1
@@ -46,7 +46,7 @@ done
 echo "== 3/3 step ($(( $(date +%s) - t0 )) s)"
 timeout -k 5 "${T_STEP:-170}" $BENCH --name "$NAME-step" --sections step $DATA --codecs vp9 \
   --model ViT-B-32 --sim-header meanP --step-batch 128 --ckpt "${CKPT:-off}" --workers 8 \
-  --e2e-variants compiled_amp_bf16 --e2e-loaders dali_gpu,dali_hybrid --step-warmup 3 --step-iters 8 \
+  --e2e-variants compiled_amp_bf16 --e2e-loaders dali_gpu,dali_hybrid,cache --step-warmup 3 --step-iters 8 \
   --step-budget 15 > "$RES/$NAME-step.log" 2>&1
 rc=$?; tail -30 "$RES/$NAME-step.log"; echo "step exit $rc"; [ "$rc" = 0 ] || status=1
 

@@ -35,7 +35,7 @@ PY
 } 2>&1 | tee "$RES/env.txt"
 
 echo "== GPU tests"
-timeout 240 python3 -m pytest -m gpu -v -rs -p no:cacheprovider tests/test_dali_loader.py \
+timeout 240 python3 -m pytest -m gpu -v -rs -p no:cacheprovider tests/test_dali_loader.py tests/test_frame_cache.py \
   --junitxml="$RES/gpu_tests.xml" 2>&1 | tee "$RES/gpu_tests.log"
 rc=${PIPESTATUS[0]}; echo "gpu tests exit $rc"; [ "$rc" = 0 ] || status=1
 

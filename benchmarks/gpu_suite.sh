@@ -41,7 +41,7 @@ t0=$(date +%s)
 
 echo "== 1/2 loader ($(date -u +%T))"
 timeout -k 10 "${T_LOADER:-150}" $BENCH --name "$NAME-loader" --sections loader $DATA \
-  --codecs vp9,h264 --loaders dali_gpu,dali_hybrid,dali_cpu,reference,original --workers "$WORKERS" \
+  --codecs vp9,h264 --loaders dali_gpu,dali_hybrid,dali_cpu,reference,cache,original --workers "$WORKERS" \
   --loader-batch 64 --repeats 3 --min-repeat-seconds 1 --loader-budget 12 \
   2>&1 | tee "$RES/$NAME-loader.log" | grep --line-buffered -E "^\[bench|Error|error"
 rc=${PIPESTATUS[0]}; echo "loader exit $rc"; [ "$rc" = 0 ] || status=1
@@ -50,7 +50,7 @@ echo "== 2/2 step: model only, then end to end ($(date -u +%T))"
 # One process, so the end-to-end rows reuse the compiled graph of the model-only row.
 timeout -k 10 "${T_STEP:-300}" $BENCH --name "$NAME-step" --sections step $DATA \
   --codecs vp9 --model "$MODEL" --sim-header "$SIM_HEADER" --step-batch "$BATCH" \
-  --e2e-variants compiled_amp_bf16 --e2e-loaders dali_gpu,dali_hybrid,reference --workers "$WORKERS" \
+  --e2e-variants compiled_amp_bf16 --e2e-loaders dali_gpu,dali_hybrid,cache,reference --workers "$WORKERS" \
   --step-warmup 3 --step-iters 8 --step-budget 30 \
   2>&1 | tee "$RES/$NAME-step.log" | grep --line-buffered -E "^\[bench|Error|error"
 rc=${PIPESTATUS[0]}; echo "step exit $rc"; [ "$rc" = 0 ] || status=1

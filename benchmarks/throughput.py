@@ -324,6 +324,17 @@ def make_loader(kind: str, cfg, split, mode: str, batch_size: int, device):
                                num_workers=cfg.data.num_workers)
     from clip4clip_dali.data.dali_loader import DaliLoader
 
+    if kind == "cache":
+        from clip4clip_dali.data.frame_cache import CachedLoader
+
+        inner = cache_filler(split, torch.cuda.is_available())
+        out_device = torch.device("cuda", torch.cuda.current_device()) if inner == "dali_gpu" \
+            else device
+        fill_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_frame_order=0))
+        loader = CachedLoader(split, cfg.data, mode, batch_size, lambda: make_loader(
+            inner, fill_cfg, split, "eval", batch_size, out_device), device=out_device)
+        loader.filler = inner
+        return loader
     if kind in ("dali_gpu", "dali_hybrid"):
         data = dataclasses.replace(cfg.data, dali_decoder="cpu" if kind == "dali_hybrid" else "nvdec")
         return DaliLoader(split, data, mode, batch_size,
@@ -350,6 +361,14 @@ class _MovingLoader:
     def __iter__(self):
         for b in self.inner:
             yield {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
+
+
+def cache_filler(split, has_cuda: bool) -> str:
+    """The loader that fills the frame cache, as build_loader would choose it (auto)."""
+    for kind in (("dali_gpu",) if has_cuda else ()) + ("dali_cpu",):
+        if unsupported_reason(kind, split, has_cuda) is None:
+            return kind
+    return "reference"
 
 
 def unsupported_reason(kind: str, split, has_cuda: bool) -> str | None:
@@ -428,10 +447,13 @@ def measure_loader(kind: str, args, cfg, split, has_cuda: bool) -> dict:
 
     row = {"backend": kind, "workers": args.workers, "batch_size": args.loader_batch,
            "clips": split.num_videos}
+    if kind == "cache":
+        row["filled_by"] = cache_filler(split, has_cuda)
     reason = unsupported_reason(kind, split, has_cuda)
     if reason:
         return {**row, **na(reason)}
-    sync = torch.cuda.synchronize if kind in ("dali_gpu", "dali_hybrid") else (lambda: None)
+    sync = torch.cuda.synchronize if kind in ("dali_gpu", "dali_hybrid") or (
+        kind == "cache" and cache_filler(split, has_cuda) == "dali_gpu") else (lambda: None)
 
     if kind == "original":
         from torch.utils.data import DataLoader
@@ -691,6 +713,7 @@ def fmt_stat(s, digits=1):
 LOADER_NAMES = {"dali_gpu": "DALI GPU (NVDEC)",
                 "dali_hybrid": "DALI CPU decode + GPU resize (data.dali_decoder=cpu)",
                 "dali_cpu": "DALI CPU",
+                "cache": "data.frame_cache (passes after the first)",
                 "reference": "reference (PyAV + PIL, DataLoader)",
                 "original": "original CLIP4Clip way (OpenCV seeks + PIL, float64)"}
 
@@ -818,7 +841,9 @@ def to_markdown(doc: dict) -> str:
                   "first batch s | status |", "|---|---|---:|---:|---:|---:|---:|---|"]
         for r in ld["rows"]:
             status = "ok" if r["status"] == "ok" else f"{r['status']}: {r.get('reason', '')}"
-            lines.append(f"| {r['dataset']} | {LOADER_NAMES.get(r['backend'], r['backend'])} | "
+            name = LOADER_NAMES.get(r["backend"], r["backend"]) + (
+                f", filled by {LOADER_NAMES.get(r['filled_by'], r['filled_by'])}" if r.get("filled_by") else "")
+            lines.append(f"| {r['dataset']} | {name} | "
                          f"{r.get('batch_size', c['batch'])} | {fmt_stat(r.get('frames_per_s'))} | {fmt_stat(r.get('steady_frames_per_s'))} | "
                          f"{fmt_stat(r.get('clips_per_s'), 2)} | {fmt_stat(r.get('first_batch_s'), 2)} | "
                          f"{status} |")
@@ -1076,7 +1101,7 @@ def parse_args(argv=None):
     p.add_argument("--gop", type=int, default=12, help="keyframe interval of the drawn clips")
     p.add_argument("--seed", type=int, default=0)
     # loader
-    p.add_argument("--loaders", default="dali_gpu,dali_hybrid,dali_cpu,reference,original")
+    p.add_argument("--loaders", default="dali_gpu,dali_hybrid,dali_cpu,reference,cache,original")
     p.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
     p.add_argument("--prefetch", type=int, default=2)
     p.add_argument("--loader-batch", type=int, default=8)

@@ -17,7 +17,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "benchmarks" / "throughput.py"
 
-LOADER_BACKENDS = {"dali_gpu", "dali_hybrid", "dali_cpu", "reference", "original"}
+LOADER_BACKENDS = {"dali_gpu", "dali_hybrid", "dali_cpu", "reference", "cache", "original"}
 STEP_VARIANTS = {"eager_fp32", "eager_amp_bf16", "compiled_amp_bf16"}
 
 
@@ -89,6 +89,7 @@ def test_quick_loader_rows(quick_run):
     assert by["dali_gpu"]["status"] == by["dali_hybrid"]["status"] == "n/a"
     assert by["dali_cpu"]["status"] == "ok", by["dali_cpu"]
     assert by["reference"]["status"] == "ok", by["reference"]
+    assert by["cache"]["status"] == "ok" and by["cache"]["filled_by"] == "dali_cpu", by["cache"]
     try:
         import cv2  # noqa: F401
         assert by["original"]["status"] == "ok", by["original"]

@@ -49,7 +49,7 @@ import torch
 
 from .reference import CLIP_MEAN, CLIP_STD
 from .sampling import clip_frame_indices, frame_order_permutation
-from .sharding import EpochShard
+from .sharding import EpochPlan, EpochShard
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -157,48 +157,6 @@ def _pipeline_fn():
         return fn.pad(video, axis_names="F", shape=[max_frames], fill_value=0.0)
 
     return video_pipeline
-
-
-class _Plan:
-    """The batches of one epoch on one rank, built lazily so failed samples can be put back.
-
-    Training (``num_batches`` set) always makes ``num_batches`` full batches: when broken
-    videos leave too few samples, the rank's order is reused from its start. Evaluation makes
-    chunks of the order until it is used up (the last one partial).
-    """
-
-    def __init__(self, order: list[int], batch_size: int, num_batches: Optional[int], usable):
-        self.queue = collections.deque(order)
-        self.order, self.batch_size, self.num_batches, self.usable = order, batch_size, num_batches, usable
-        self.made = 0
-        self.wrap = 0
-
-    def next_batch(self) -> Optional[list[int]]:
-        if self.num_batches is not None and self.made >= self.num_batches:
-            return None
-        batch: list[int] = []
-        while len(batch) < self.batch_size:
-            if self.queue:
-                i = self.queue.popleft()
-            elif self.num_batches is None:
-                break
-            else:
-                if not self.order or not any(self.usable(j) for j in self.order):
-                    return None
-                i = self.order[self.wrap % len(self.order)]
-                self.wrap += 1
-            if self.usable(i):
-                batch.append(i)
-        if not batch:
-            return None
-        self.made += 1
-        return batch
-
-    def put_back(self, batches: list[list[int]]) -> None:
-        """Batches made but never delivered: their samples come first again."""
-        self.made -= len(batches)
-        for i in reversed([i for b in batches for i in b]):
-            self.queue.appendleft(i)
 
 
 class _Source:
@@ -340,24 +298,7 @@ class DaliLoader(EpochShard):
         return broken
 
     def _assemble(self, batch: list[int], video: torch.Tensor) -> dict:
-        n = len(batch)
-        videos = [self._video_of(i) for i in batch]
-        counts = [len(self._indices[v]) for v in videos]
-        mask = torch.zeros((n, self.max_frames), dtype=torch.int64)
-        for b, c in enumerate(counts):
-            mask[b, :c] = 1
-        if self.frame_order != 0:
-            for b, (i, c) in enumerate(zip(batch, counts)):
-                rng = np.random.default_rng([self.seed, self.epoch, i])
-                perm = torch.from_numpy(frame_order_permutation(c, self.frame_order, rng))
-                video[b, :c] = video[b, perm.to(video.device)]
-        out = {"video": video, "video_mask": mask.to(self.device),
-               "video_index": torch.tensor(videos, dtype=torch.int64).to(self.device)}
-        if self.mode == "train":
-            idx = torch.as_tensor(batch, dtype=torch.int64)
-            out["text"] = self.text[idx].to(self.device)
-            out["text_mask"] = self.text_mask[idx].to(self.device)
-        return out
+        return finish_batch(self, batch, video)
 
     def __iter__(self):
         return self.iter_from(0)
@@ -368,7 +309,7 @@ class DaliLoader(EpochShard):
         already known to be broken) but never read or decoded."""
         order = [int(i) for i in self.indices()]
         num_batches = len(order) // self.batch_size if self.mode == "train" else None
-        plan = _Plan(order, self.batch_size, num_batches,
+        plan = EpochPlan(order, self.batch_size, num_batches,
                      lambda i: self._video_of(i) not in self.bad_videos)
         for _ in range(max(0, int(start_batch))):
             if plan.next_batch() is None:
@@ -406,6 +347,32 @@ class DaliLoader(EpochShard):
                 raise RuntimeError(f"the DALI pipeline failed, yet every video of the "
                                    f"failing batch decodes alone: {_reason(error)}") from error
             plan.put_back(failed)
+
+
+def finish_batch(loader, batch: list[int], video: torch.Tensor) -> dict:
+    """The batch dict for samples ``batch`` whose decoded, normalised, zero-padded frames (in
+    decode order) are ``video``: frame order applied per sample (the reference loader's
+    generator), masks, video indices and, in training, caption tokens. ``loader`` provides
+    ``mode``, ``seed``, ``epoch``, ``frame_order``, ``max_frames``, ``device``, ``_video_of``,
+    ``_indices`` and (training) ``text`` / ``text_mask``."""
+    n = len(batch)
+    videos = [loader._video_of(i) for i in batch]
+    counts = [len(loader._indices[v]) for v in videos]
+    mask = torch.zeros((n, loader.max_frames), dtype=torch.int64)
+    for b, c in enumerate(counts):
+        mask[b, :c] = 1
+    if loader.frame_order != 0:
+        for b, (i, c) in enumerate(zip(batch, counts)):
+            rng = np.random.default_rng([loader.seed, loader.epoch, i])
+            perm = torch.from_numpy(frame_order_permutation(c, loader.frame_order, rng))
+            video[b, :c] = video[b, perm.to(video.device)]
+    out = {"video": video, "video_mask": mask.to(loader.device),
+           "video_index": torch.tensor(videos, dtype=torch.int64).to(loader.device)}
+    if loader.mode == "train":
+        idx = torch.as_tensor(batch, dtype=torch.int64)
+        out["text"] = loader.text[idx].to(loader.device)
+        out["text_mask"] = loader.text_mask[idx].to(loader.device)
+    return out
 
 
 def _reason(err: BaseException) -> str:

@@ -11,6 +11,7 @@ logged once (logger ``clip4clip_dali``).
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -108,6 +109,15 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
     backend, reason = choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder)
     log.info("data loader for %s (%s): %s on %s, %s", split.name, mode, backend, device, reason)
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
-    if backend == "dali":
-        return DaliLoader(split, cfg.data, mode, batch, **common)
-    return ReferenceLoader(split, cfg.data, mode, batch, **common)
+    make = DaliLoader if backend == "dali" else ReferenceLoader
+    if not cfg.data.frame_cache:
+        return make(split, cfg.data, mode, batch, **common)
+    from .frame_cache import CachedLoader
+
+    # The cache is filled by the backend's evaluation loader over every video, in frame order.
+    fill_cfg = dataclasses.replace(cfg.data, eval_frame_order=0)
+    fill_batch = max(1, cfg.train.eval_batch_size)
+    loader = CachedLoader(split, cfg.data, mode, batch, lambda: make(
+        split, fill_cfg, "eval", fill_batch, device=device, seed=cfg.train.seed), **common)
+    loader.backend = f"{backend}+cache"
+    return loader

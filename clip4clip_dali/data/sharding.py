@@ -6,6 +6,9 @@ once: shards may then differ in length by one, and nothing is padded or duplicat
 """
 from __future__ import annotations
 
+import collections
+from typing import Optional
+
 import numpy as np
 
 
@@ -52,3 +55,45 @@ class EpochShard:
     def __len__(self) -> int:
         n = len(self.indices())
         return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
+
+
+class EpochPlan:
+    """The batches of one epoch on one rank, built lazily so failed samples can be put back.
+
+    Training (``num_batches`` set) always makes ``num_batches`` full batches: when broken
+    videos leave too few samples, the rank's order is reused from its start. Evaluation makes
+    chunks of the order until it is used up (the last one partial).
+    """
+
+    def __init__(self, order: list[int], batch_size: int, num_batches: Optional[int], usable):
+        self.queue = collections.deque(order)
+        self.order, self.batch_size, self.num_batches, self.usable = order, batch_size, num_batches, usable
+        self.made = 0
+        self.wrap = 0
+
+    def next_batch(self) -> Optional[list[int]]:
+        if self.num_batches is not None and self.made >= self.num_batches:
+            return None
+        batch: list[int] = []
+        while len(batch) < self.batch_size:
+            if self.queue:
+                i = self.queue.popleft()
+            elif self.num_batches is None:
+                break
+            else:
+                if not self.order or not any(self.usable(j) for j in self.order):
+                    return None
+                i = self.order[self.wrap % len(self.order)]
+                self.wrap += 1
+            if self.usable(i):
+                batch.append(i)
+        if not batch:
+            return None
+        self.made += 1
+        return batch
+
+    def put_back(self, batches: list[list[int]]) -> None:
+        """Batches made but never delivered: their samples come first again."""
+        self.made -= len(batches)
+        for i in reversed([i for b in batches for i in b]):
+            self.queue.appendleft(i)
