@@ -94,7 +94,8 @@ def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
     m.eval()
     if loader is None:
         loader = build_loader(cfg, split, "eval", rank=dist_info.rank,
-                              world_size=dist_info.world_size, device=device)
+                              world_size=dist_info.world_size, device=device,
+                              frame_cache=False)  # read once: nothing to cache
     idx, feats, masks = encode_videos(m, loader, device, precision)
     idx, feats, masks = _gather_videos(idx, feats, masks, split.num_videos, cfg.data.max_frames,
                                        device, None)

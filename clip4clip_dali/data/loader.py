@@ -93,10 +93,12 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
 
 
 def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
-                 world_size: int = 1, device: torch.device | str = "cpu"):
+                 world_size: int = 1, device: torch.device | str = "cpu",
+                 frame_cache: bool | None = None):
     """Batches of ``split`` for this rank: ``mode`` "train" (caption/video pairs, shuffled,
     full batches of ``train.batch_size // world_size``) or "eval" (each video once across
-    ranks, ``train.eval_batch_size // world_size`` a batch)."""
+    ranks, ``train.eval_batch_size // world_size`` a batch). ``frame_cache`` overrides
+    ``data.frame_cache`` (a loader read once gains nothing from it)."""
     if mode not in ("train", "eval"):
         raise ValueError(f"mode must be train or eval, got {mode!r}")
     device = torch.device(device)
@@ -107,10 +109,12 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
     else:
         batch = max(1, cfg.train.eval_batch_size // world_size)
     backend, reason = choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder)
-    log.info("data loader for %s (%s): %s on %s, %s", split.name, mode, backend, device, reason)
+    cache = cfg.data.frame_cache if frame_cache is None else frame_cache
+    log.info("data loader for %s (%s): %s%s on %s, %s", split.name, mode, backend,
+             " + frame cache" if cache else "", device, reason)
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
     make = DaliLoader if backend == "dali" else ReferenceLoader
-    if not cfg.data.frame_cache:
+    if not cache:
         return make(split, cfg.data, mode, batch, **common)
     from .frame_cache import CachedLoader
 
