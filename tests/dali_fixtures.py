@@ -10,6 +10,23 @@ import torch
 
 from clip4clip_dali.data.reference import CLIP_STD
 
+# Five clips DALI decodes on the CPU: two codecs, landscape, portrait, square, several rates.
+CPU_SPECS = [dict(frames=40, fps=10, codec="vp9"),
+             dict(frames=25, fps=5, codec="mjpeg", width=48, height=64),  # portrait
+             dict(frames=75, fps=25, codec="vp9", width=80, height=48),
+             dict(frames=33, fps=10, codec="mjpeg"),
+             dict(frames=12, fps=6, codec="vp9", width=48, height=48)]
+
+
+def data_config(dataset: tuple[Path, Path], **kw):
+    """A DataConfig for ``make_dataset``'s output: 6 frames at 32 px, one DALI thread."""
+    from clip4clip_dali.config import DataConfig
+
+    data, videos = dataset
+    return DataConfig(**{**dict(data_path=str(data), features_path=str(videos), max_frames=6,
+                                image_resolution=32, dali_threads=1, prefetch=2), **kw})
+
+
 ENCODERS = {"vp9": ("libvpx-vp9", ".webm", "yuv420p"), "mjpeg": ("mjpeg", ".avi", "yuvj420p"),
             "h264": ("libx264", ".mp4", "yuv420p"), "mpeg4": ("mpeg4", ".avi", "yuv420p"),
             "h264avi": ("libx264", ".avi", "yuv420p")}

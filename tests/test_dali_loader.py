@@ -5,34 +5,20 @@ from __future__ import annotations
 import logging
 import shutil
 
-import numpy as np
 import pytest
 import torch
 
-from clip4clip_dali.config import DataConfig
 from clip4clip_dali.data.dali_loader import DaliLoader, resize_size
 from clip4clip_dali.data.msvd import load_split
 from clip4clip_dali.data.reference import ReferenceLoader
-from dali_fixtures import make_dataset, pixel_mae
-
-SPECS = [dict(frames=40, fps=10, codec="vp9"),
-         dict(frames=25, fps=5, codec="mjpeg", width=48, height=64),  # portrait
-         dict(frames=75, fps=25, codec="vp9", width=80, height=48),
-         dict(frames=33, fps=10, codec="mjpeg"),
-         dict(frames=12, fps=6, codec="vp9", width=48, height=48)]
-
+from dali_fixtures import CPU_SPECS, data_config, make_dataset, pixel_mae
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("dali_ds"), SPECS)
+    return make_dataset(tmp_path_factory.mktemp("dali_ds"), CPU_SPECS)
 
 
-def _cfg(dataset, **kw) -> DataConfig:
-    data, videos = dataset
-    base = dict(data_path=str(data), features_path=str(videos), max_frames=6,
-                image_resolution=32, dali_threads=1, prefetch=2)
-    base.update(kw)
-    return DataConfig(**base)
+_cfg = data_config
 
 
 def assert_same_batches(dali_batches, ref_batches, tol=2.0):

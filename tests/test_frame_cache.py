@@ -13,24 +13,14 @@ from clip4clip_dali.data.frame_cache import CachedLoader
 from clip4clip_dali.data.loader import build_loader
 from clip4clip_dali.data.msvd import load_split
 from clip4clip_dali.data.reference import ReferenceLoader
-from dali_fixtures import make_dataset
-
-SPECS = [dict(frames=40, fps=10, codec="vp9"),
-         dict(frames=25, fps=5, codec="mjpeg", width=48, height=64),
-         dict(frames=75, fps=25, codec="vp9", width=80, height=48),
-         dict(frames=33, fps=10, codec="mjpeg"),
-         dict(frames=12, fps=6, codec="vp9", width=48, height=48)]
-
+from dali_fixtures import CPU_SPECS, data_config, make_dataset
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory):
-    return make_dataset(tmp_path_factory.mktemp("cache_ds"), SPECS)
+    return make_dataset(tmp_path_factory.mktemp("cache_ds"), CPU_SPECS)
 
 
-def _cfg(dataset, **kw) -> DataConfig:
-    data, videos = dataset
-    return DataConfig(**{**dict(data_path=str(data), features_path=str(videos), max_frames=6,
-                                image_resolution=32, dali_threads=1), **kw})
+_cfg = data_config
 
 
 def _cached(split, cfg, mode, batch, make, **kw):
