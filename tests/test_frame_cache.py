@@ -124,3 +124,19 @@ def test_cache_on_the_gpu_equals_the_dali_gpu_loader(tmp_path):
     got = list(cached)
     assert cached.frames.device == dev and all(b["video"].device == dev for b in got)
     assert_equal_batches(got, list(DaliLoader(split, cfg, "train", 2, device=dev, seed=2)))
+
+
+def test_a_split_with_no_decodable_video_is_a_user_error(dataset, tmp_path):
+    from clip4clip_dali.errors import UserError
+
+    data, videos = dataset
+    local = tmp_path / "videos"
+    shutil.copytree(videos, local)
+    cfg = _cfg((data, local))
+    split = load_split(cfg, "test")
+    for path in split.video_paths:  # every file broken after the manifest was written
+        raw = path.read_bytes()
+        path.write_bytes(raw[:100] + bytes(len(raw) - 100))
+    cached, _ = _cached(split, cfg, "eval", 2, DaliLoader)
+    with pytest.raises(UserError, match="none of its 5 videos could be decoded"):
+        list(cached)

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
+from ..errors import UserError
 from .dali_loader import finish_batch
 from .reference import CLIP_MEAN, CLIP_STD
 from .sampling import clip_frame_indices
@@ -90,7 +91,10 @@ class CachedLoader(EpochShard):
                  time.perf_counter() - t0, self.frames.numel() / 1e9,
                  f"; {missing} left out (failed to decode)" if missing else "")
         if not self.cached.any():
-            raise RuntimeError(f"split {self.split.name}: no video could be decoded")
+            raise UserError(f"split {self.split.name}: none of its {self.split.num_videos} videos "
+                            f"could be decoded (the warnings above name each file); check "
+                            f"data.features_path, or prepare the clips with "
+                            f"pipelines/prepare_msvd.py.")
         if self.device.type == "cuda":  # on the GPU: a batch is then one gather, no copy
             self.frames = self.frames.to(self.device)
 
