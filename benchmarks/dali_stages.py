@@ -9,8 +9,8 @@ CLIP4Clip's sampling (1 frame/s, at most --max-frames, uniform), one pipeline pe
     read      external source only (the encoded bytes and frame indices, no decoding)
     decode    + decoders.video(frames=indices)
     resize    + resize to short side R (cubic, antialias; always, even where sizes match)
-    full      + crop_mirror_normalize + pad: the loader's graph (resize skipped on the CPU
-              where the frames already have the target size, as DaliLoader does)
+    full      the loader's own graph (DaliLoader's): decode, resize (skipped on the CPU where
+              the frames already have the target size), crop_mirror_normalize, pad
 
 and prints frames/s per stage (the differences between stages are what each one costs). On a GPU (--device cuda) the
 stages after decoding run on the GPU; --decoder cpu decodes on the CPU and moves the uint8
@@ -19,6 +19,7 @@ frames to the GPU first (DaliLoader with data.dali_decoder=cpu). Numbers, not as
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import sys
 import time
@@ -61,17 +62,31 @@ def build(stage: str, data: list, args, device_id):
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from clip4clip_dali.data.reference import CLIP_MEAN, CLIP_STD
+    from clip4clip_dali.data.dali_loader import _pipeline_fn
 
     gpu = device_id is not None
     decode_device = "mixed" if gpu and args.decoder == "nvdec" else "cpu"
-    r = args.resolution
+    opts = dict(batch_size=args.batch, num_threads=args.threads, device_id=device_id,
+                prefetch_queue_depth=2, seed=0)
+
+    if stage == "full":  # the loader's own graph, fed as DaliLoader feeds it
+        taken = itertools.count()
+
+        def batch_source():
+            picks = [data[next(taken) % len(data)] for _ in range(args.batch)]
+            columns = [list(c) for c in zip(*(d[:4] for d in picks))]
+            return tuple(columns[:3] if gpu else columns)
+
+        pipe = _pipeline_fn()(batch_source, args.resolution, args.max_frames, decode_device,
+                              gpu, **opts)
+        pipe.build()
+        return pipe
 
     def source(info):
         enc, idx, size, need, _ = data[info.idx_in_epoch % len(data)]
         return enc, idx, size, need
 
-    @pipeline_def(enable_conditionals=True)
+    @pipeline_def
     def graph():
         enc, idx, size, need = fn.external_source(
             source=source, num_outputs=4, batch=False,
@@ -83,19 +98,9 @@ def build(stage: str, data: list, args, device_id):
             video = video.gpu()
         if stage == "decode":
             return video, size, need
-        if stage == "resize" or gpu:
-            video = fn.resize(video, size=size, interp_type=types.INTERP_CUBIC, antialias=True)
-        elif need:
-            video = fn.resize(video, size=size, interp_type=types.INTERP_CUBIC, antialias=True)
-        if stage == "resize":
-            return video, need
-        video = fn.crop_mirror_normalize(video, crop=(r, r), mean=[255 * m for m in CLIP_MEAN],
-                                         std=[255 * s for s in CLIP_STD], dtype=types.FLOAT,
-                                         output_layout="FCHW")
-        return fn.pad(video, axis_names="F", shape=[args.max_frames], fill_value=0.0), need
+        return fn.resize(video, size=size, interp_type=types.INTERP_CUBIC, antialias=True), need
 
-    pipe = graph(batch_size=args.batch, num_threads=args.threads, device_id=device_id,
-                 prefetch_queue_depth=2, seed=0)
+    pipe = graph(**opts)
     pipe.build()
     return pipe
 

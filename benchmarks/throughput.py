@@ -330,9 +330,9 @@ def make_loader(kind: str, cfg, split, mode: str, batch_size: int, device):
         inner = cache_filler(split, torch.cuda.is_available())
         out_device = torch.device("cuda", torch.cuda.current_device()) if inner == "dali_gpu" \
             else device
-        fill_cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, eval_frame_order=0))
-        loader = CachedLoader(split, cfg.data, mode, batch_size, lambda: make_loader(
-            inner, fill_cfg, split, "eval", batch_size, out_device), device=out_device)
+        loader = CachedLoader(split, cfg.data, mode, batch_size, lambda data: make_loader(
+            inner, dataclasses.replace(cfg, data=data), split, "eval", batch_size, out_device),
+            device=out_device)
         loader.filler = inner
         return loader
     if kind in ("dali_gpu", "dali_hybrid"):

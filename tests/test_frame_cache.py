@@ -7,7 +7,7 @@ import shutil
 import pytest
 import torch
 
-from clip4clip_dali.config import DataConfig, from_dict
+from clip4clip_dali.config import from_dict
 from clip4clip_dali.data.dali_loader import DaliLoader
 from clip4clip_dali.data.frame_cache import CachedLoader
 from clip4clip_dali.data.loader import build_loader
@@ -26,9 +26,10 @@ _cfg = data_config
 def _cached(split, cfg, mode, batch, make, **kw):
     fills = []
 
-    def fill():
+    def fill(data):
+        assert data.eval_frame_order == 0  # frames are cached in decode order
         fills.append(1)
-        return make(split, DataConfig(**{**cfg.__dict__, "eval_frame_order": 0}), "eval", 4)
+        return make(split, data, "eval", 4)
 
     return CachedLoader(split, cfg, mode, batch, fill, **kw), fills
 

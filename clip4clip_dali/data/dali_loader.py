@@ -203,6 +203,7 @@ class DaliLoader(EpochShard):
         self.decoder_device = decoder_device(self.device, data_cfg.dali_decoder)
         on_nvdec = self.decoder_device.type == "cuda"
         self.decode_device = "mixed" if on_nvdec else "cpu"
+        self.transform_on_gpu = self.device_id is not None
         self.threads, self.prefetch = data_cfg.dali_threads, data_cfg.prefetch
         self.resolution, self.max_frames = data_cfg.image_resolution, data_cfg.max_frames
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
@@ -239,12 +240,6 @@ class DaliLoader(EpochShard):
         self._idle = None
 
     # ---- sample bookkeeping ------------------------------------------------------------
-    def num_samples(self) -> int:
-        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
-
-    def _video_of(self, i: int) -> int:
-        return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
-
     # ---- DALI -------------------------------------------------------------------------
     def _feed(self, batch: list[int]):
         enc, frames, sizes, resize = [], [], [], []
@@ -254,12 +249,12 @@ class DaliLoader(EpochShard):
             frames.append(self._indices[v])
             sizes.append(self._sizes[v])
             resize.append(self._resize[v])
-        return (enc, frames, sizes) if self.device_id is not None else (enc, frames, sizes, resize)
+        # (the graph takes resize flags only where it may skip the resize: CPU transforms)
+        return (enc, frames, sizes) if self.transform_on_gpu else (enc, frames, sizes, resize)
 
     def _build(self, source, batch_size: int, prefetch: int):
         pipe = _pipeline_fn()(
-            source, self.resolution, self.max_frames, self.decode_device,
-            self.device_id is not None,
+            source, self.resolution, self.max_frames, self.decode_device, self.transform_on_gpu,
             batch_size=batch_size, num_threads=self.threads, device_id=self.device_id,
             prefetch_queue_depth=prefetch, seed=self.seed)
         pipe.build()

@@ -15,6 +15,7 @@ Every process fills its own cache (any rank may need any video: shards change ev
 """
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from typing import TYPE_CHECKING, Callable
@@ -36,12 +37,13 @@ log = logging.getLogger("clip4clip_dali")
 
 
 class CachedLoader(EpochShard):
-    """Batches like ``DaliLoader``'s, built from frames decoded once by ``fill_loader()``: an
-    evaluation loader over every video of the split (rank 0 of 1, frame order 0)."""
+    """Batches like ``DaliLoader``'s, built from frames decoded once by ``fill_loader(cfg)``:
+    an evaluation loader over every video of the split (rank 0 of 1) built with the data config
+    ``cfg`` it is given (``data_cfg`` with frame order 0: frames are cached in decode order)."""
 
     def __init__(self, split: "MSVDSplit", data_cfg: "DataConfig", mode: str, batch_size: int,
-                 fill_loader: Callable[[], object], rank: int = 0, world_size: int = 1,
-                 device: torch.device | str = "cpu", seed: int = 0):
+                 fill_loader: Callable[["DataConfig"], object], rank: int = 0,
+                 world_size: int = 1, device: torch.device | str = "cpu", seed: int = 0):
         if mode not in ("train", "eval"):
             raise ValueError(f"mode must be train or eval, got {mode!r}")
         self.split, self.mode, self.batch_size = split, mode, batch_size
@@ -51,6 +53,7 @@ class CachedLoader(EpochShard):
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
         self._indices = [clip_frame_indices(info, data_cfg) for info in split.video_info]
         self._fill_loader = fill_loader
+        self._fill_cfg = dataclasses.replace(data_cfg, eval_frame_order=0)
         self.backend = "cache"
         self.frames: torch.Tensor | None = None  # (videos, max_frames, 3, R, R) uint8
         self.cached = np.zeros(split.num_videos, dtype=bool)
@@ -58,30 +61,24 @@ class CachedLoader(EpochShard):
             from .text import Tokenizer
 
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
-        scale = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
-        self._mean = (torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0).to(self.device)
-        self._std = scale.to(self.device)
-        self._inv_std, self._shift = 1.0 / self._std, -self._mean / self._std
-
-    def num_samples(self) -> int:
-        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
-
-    def _video_of(self, i: int) -> int:
-        return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
+        self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0  # pixel units
+        self._std = torch.tensor(CLIP_STD).view(3, 1, 1) * 255.0
+        # serving normalises as x * (1 / std) + (-mean / std), on the batches' device
+        self._inv_std = (1.0 / self._std).to(self.device)
+        self._shift = (-self._mean / self._std).to(self.device)
 
     def fill(self) -> None:
         """Decode every video once (the first pass calls this)."""
         if self.frames is not None:
             return
         t0 = time.perf_counter()
-        loader = self._fill_loader()
+        loader = self._fill_loader(self._fill_cfg)
         r = self.resolution
         self.frames = torch.zeros((self.split.num_videos, self.max_frames, 3, r, r),
                                   dtype=torch.uint8)
-        mean, std = (t.view(1, 1, 3, 1, 1) for t in (self._mean.cpu(), self._std.cpu()))
         for batch in loader:
             video = batch["video"].float().cpu()
-            pixels = torch.round(video * std + mean).clamp_(0, 255).to(torch.uint8)
+            pixels = torch.round(video * self._std + self._mean).clamp_(0, 255).to(torch.uint8)
             idx = batch["video_index"].cpu()
             self.frames[idx] = pixels
             self.cached[idx.numpy()] = True

@@ -11,7 +11,6 @@ logged once (logger ``clip4clip_dali``).
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections import Counter
 from typing import TYPE_CHECKING
@@ -118,10 +117,9 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
         return make(split, cfg.data, mode, batch, **common)
     from .frame_cache import CachedLoader
 
-    # The cache is filled by the backend's evaluation loader over every video, in frame order.
-    fill_cfg = dataclasses.replace(cfg.data, eval_frame_order=0)
+    # The cache is filled by the backend's evaluation loader over every video of the split.
     fill_batch = max(1, cfg.train.eval_batch_size)
-    loader = CachedLoader(split, cfg.data, mode, batch, lambda: make(
-        split, fill_cfg, "eval", fill_batch, device=device, seed=cfg.train.seed), **common)
+    loader = CachedLoader(split, cfg.data, mode, batch, lambda data: make(
+        split, data, "eval", fill_batch, device=device, seed=cfg.train.seed), **common)
     loader.backend = f"{backend}+cache"
     return loader

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from ..workers import clean_context
 from .sampling import clip_frame_indices, frame_order_permutation
 from .sharding import EpochShard
-from ..workers import clean_context
 from .text import Tokenizer
 
 if TYPE_CHECKING:

@@ -34,13 +34,18 @@ def shard_order(n: int, epoch: int, seed: int, shuffle: bool, num_shards: int = 
 class EpochShard:
     """A loader's per-rank sample order and batch count for the current epoch.
 
-    Subclasses set ``mode`` ("train" or "eval"), ``batch_size``, ``seed``, ``rank``,
-    ``world_size`` and ``epoch`` and define ``num_samples()``. Training shuffles and keeps only
-    full batches; evaluation keeps every sample once, in order.
+    Subclasses set ``split`` (an MSVDSplit), ``mode`` ("train" or "eval"), ``batch_size``,
+    ``seed``, ``rank``, ``world_size`` and ``epoch``. A sample is a caption (training) or a
+    video (evaluation). Training shuffles and keeps only full batches; evaluation keeps every
+    sample once, in order.
     """
 
     def num_samples(self) -> int:
-        raise NotImplementedError
+        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
+
+    def _video_of(self, i: int) -> int:
+        """The video of sample ``i``."""
+        return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
