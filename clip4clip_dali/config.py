@@ -42,9 +42,10 @@ class DataConfig:
     train_frame_order: int = 0  # 0 ordinary, 1 reverse, 2 random
     eval_frame_order: int = 0
     image_resolution: int = 224
-    loader: Literal["auto", "dali", "reference"] = "auto"
+    loader: Literal["auto", "dali", "torchcodec", "reference"] = "auto"
     num_workers: int = 2  # reference loader DataLoader workers
     dali_threads: int = 2
+    torchcodec_threads: int = 2  # torchcodec loader: clips decoded at once (threads)
     # On a GPU: "nvdec" decodes on the GPU's video engine; "cpu" decodes with DALI's CPU
     # decoder (dali_threads threads; VP8/VP9/MJPEG) and resizes/normalises on the GPU
     # (experimental: not yet measured on a GPU). Ignored on the CPU.
@@ -132,6 +133,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.image_resolution": (lambda v: v >= 8, "at least 8 pixels"),
     "data.num_workers": (lambda v: v >= 0, "0 or more"),
     "data.dali_threads": (lambda v: v >= 1, "at least 1"),
+    "data.torchcodec_threads": (lambda v: v >= 1, "at least 1"),
     "data.prefetch": (lambda v: v >= 1, "at least 1"),
     "data.synthetic.videos": (lambda v: v >= 0, "0 or more"),
     "model.cross_num_hidden_layers": (lambda v: v >= 1, "at least 1"),

@@ -49,14 +49,20 @@ def test_auto_picks_dali_on_cpu_for_vp9_mjpeg(datasets, caplog):
     assert [len(x["video_index"]) for x in ev] == [2, 1]
 
 
-def test_auto_falls_back_to_reference_for_h264_on_cpu(datasets, caplog):
+def test_auto_picks_torchcodec_then_reference_for_h264_on_cpu(datasets, caplog, monkeypatch):
     cfg = _cfg(datasets["h264"])
     split = load_split(cfg.data, "test")
     with caplog.at_level(logging.INFO, logger="clip4clip_dali"):
         loader = build_loader(cfg, split, "eval", device="cpu")
-    assert loader.backend == "reference"
+    assert loader.backend == "torchcodec"  # installed by the dev extra (and .ci/run's FFmpeg)
     msg = " ".join(r.getMessage() for r in caplog.records)
-    assert "h264" in msg and "prepare_msvd.py" in msg
+    assert "h264" in msg and "prepare_msvd.py" in msg and "torchcodec" in msg
+    assert sorted(int(i) for b in loader for i in b["video_index"]) == [0, 1]
+    # Without torchcodec: the reference loader, saying why.
+    monkeypatch.setattr(loader_mod, "torchcodec_import_error", lambda: "ImportError: none")
+    with caplog.at_level(logging.INFO, logger="clip4clip_dali"):
+        loader = build_loader(cfg, split, "eval", device="cpu")
+    assert loader.backend == "reference" and "torchcodec is not usable" in caplog.text
     assert sorted(int(i) for b in loader for i in b["video_index"]) == [0, 1]
     # On a GPU, NVDEC would take it.
     assert choose_backend("auto", split, torch.device("cuda", 0))[0] == "dali"
@@ -76,6 +82,8 @@ def test_reference_when_asked_or_dali_missing(datasets, monkeypatch):
     split = load_split(cfg.data, "test")
     assert build_loader(cfg, split, "eval").backend == "reference"
     monkeypatch.setattr(loader_mod, "dali_import_error", lambda: "ImportError: no DALI")
+    assert choose_backend("auto", split, torch.device("cpu"))[0] == "torchcodec"
+    monkeypatch.setattr(loader_mod, "torchcodec_import_error", lambda: "ImportError: none")
     assert choose_backend("auto", split, torch.device("cpu"))[0] == "reference"
     with pytest.raises(UserError, match="cannot be imported"):
         choose_backend("dali", split, torch.device("cpu"))

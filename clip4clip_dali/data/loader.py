@@ -1,13 +1,15 @@
 """``build_loader``: the one entry point the trainer and evaluator use to get batches.
 
 ``cfg.data.loader`` picks the backend: ``dali`` (NVIDIA DALI, NVDEC on a GPU, its CPU decoder
-otherwise), ``reference`` (PyAV + PIL in a torch DataLoader) or ``auto``: DALI where it is
+otherwise), ``torchcodec`` (FFmpeg through torchcodec, seeking to the sampled frames; NVDEC with
+a GPU), ``reference`` (PyAV + PIL in a torch DataLoader) or ``auto``: DALI where it is
 installed and can decode every video of the split on that device (CPU: VP8, VP9, MJPEG; GPU:
 H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, each no smaller than NVDEC's minimum frame size for
 the codec, e.g. 128x128 for VP9 and AV1, see ``dali_loader.GPU_MIN_SIZE``; MJPEG is not
 decoded by DALI's GPU decoder; with ``data.dali_decoder: cpu`` a GPU run decodes on the CPU and
-the CPU's codecs apply), the reference loader otherwise. The choice and its reason are
-logged once (logger ``clip4clip_dali``).
+the CPU's codecs apply), else torchcodec where it is installed (on 2 CPU cores it reads raw
+MSVD H.264 faster than PyAV: benchmarks/results/cpu-2core-2026-11-29-decoders.md), else the
+reference loader. The choice and its reason are logged once (logger ``clip4clip_dali``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from ..errors import UserError
 from .dali_loader import (DaliLoader, dali_import_error, decoder_device, normalize_codec,
                           unsupported_reason)
 from .reference import ReferenceLoader
+from .torchcodec_loader import TorchcodecLoader, torchcodec_import_error
 
 if TYPE_CHECKING:
     from ..config import Config
@@ -54,6 +57,14 @@ def _where(device: torch.device) -> str:
     return "the GPU (NVDEC)" if device.type == "cuda" else "the CPU"
 
 
+def _without_dali(reason: str) -> tuple[str, str]:
+    """auto's choice where DALI cannot take the split: torchcodec if it loads, else PyAV."""
+    err = torchcodec_import_error()
+    if err is None:
+        return "torchcodec", f"{reason}; torchcodec decodes the split"
+    return "reference", f"{reason}; torchcodec is not usable ({err[:120]})"
+
+
 def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
                    dali_decoder: str = "nvdec") -> tuple[str, str]:
     """(backend, reason) for batches on ``device``. Raises UserError for an explicit ``dali``
@@ -62,13 +73,20 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
     device = decoder_device(out_device, dali_decoder)
     if choice == "reference":
         return "reference", "data.loader=reference"
+    if choice == "torchcodec":
+        tc_err = torchcodec_import_error()
+        if tc_err is not None:
+            raise UserError(f"data.loader=torchcodec, but torchcodec cannot be loaded ({tc_err}). "
+                            f"Install it (pip install torchcodec, and FFmpeg's libraries: "
+                            f"apt-get install ffmpeg) or set data.loader=reference.")
+        return "torchcodec", "data.loader=torchcodec"
     err = dali_import_error()
     if err is not None:
         if choice == "dali":
             raise UserError(f"data.loader=dali, but NVIDIA DALI cannot be imported ({err}). "
                             f"Install it (pip install nvidia-dali-cuda130) or set "
                             f"data.loader=reference.")
-        return "reference", f"NVIDIA DALI is not installed ({err.splitlines()[0][:120]})"
+        return _without_dali(f"NVIDIA DALI is not installed ({err.splitlines()[0][:120]})")
     bad = undecodable(split, device)
     if bad:
         codec, files = max(bad.items(), key=lambda kv: len(kv[1]))
@@ -84,7 +102,7 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
                        "run on a GPU, ")
                     + "or set data.loader=reference")
             raise UserError(f"data.loader=dali, but {what}: {hint}.")
-        return "reference", (f"{what}; run pipelines/prepare_msvd.py to transcode them for "
+        return _without_dali(f"{what}; run pipelines/prepare_msvd.py to transcode them for "
                              f"DALI")
     codecs = Counter(normalize_codec(i.codec) for i in split.video_info)
     return "dali", (f"DALI decodes every codec of split {split.name} on {_where(device)} "
@@ -112,7 +130,7 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
     log.info("data loader for %s (%s): %s%s on %s, %s", split.name, mode, backend,
              " + frame cache" if cache else "", device, reason)
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
-    make = DaliLoader if backend == "dali" else ReferenceLoader
+    make = {"dali": DaliLoader, "torchcodec": TorchcodecLoader}.get(backend, ReferenceLoader)
     if not cache:
         return make(split, cfg.data, mode, batch, **common)
     from .frame_cache import CachedLoader
