@@ -59,15 +59,25 @@ def decode_frames(path: str | Path, indices: np.ndarray) -> list:
     return [frames[int(i)] for i in indices if int(i) in frames]
 
 
-def clip_transform(image, resolution: int) -> torch.Tensor:
-    """CLIP's preprocessing of one PIL image -> float32 (3, R, R), as the original applies it."""
+def resize_crop(image, resolution: int):
+    """CLIP's geometry on one PIL image: short side to R (bicubic), centre crop R x R."""
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
 
     image = TF.resize(image, resolution, interpolation=InterpolationMode.BICUBIC)
-    image = TF.center_crop(image, resolution)
-    tensor = TF.to_tensor(image.convert("RGB"))
-    return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
+    return TF.center_crop(image, resolution).convert("RGB")
+
+
+def normalize_image(image) -> torch.Tensor:
+    """An RGB PIL image -> float32 (3, H, W) with CLIP's mean/std."""
+    import torchvision.transforms.functional as TF
+
+    return TF.normalize(TF.to_tensor(image.convert("RGB")), CLIP_MEAN, CLIP_STD)
+
+
+def clip_transform(image, resolution: int) -> torch.Tensor:
+    """CLIP's preprocessing of one PIL image -> float32 (3, R, R), as the original applies it."""
+    return normalize_image(resize_crop(image, resolution))
 
 
 def decode_clip(path: str | Path, indices: np.ndarray, resolution: int) -> torch.Tensor:
