@@ -44,7 +44,10 @@ class DataConfig:
     image_resolution: int = 224
     loader: Literal["auto", "dali", "reference"] = "auto"
     num_workers: int = 2  # reference loader DataLoader workers
-    dali_threads: int = 2
+    dali_threads: int = 0  # threads per DALI pipeline; 0: this process's share of the cores
+    # Independent DALI pipelines per process (each its own threads and CUDA stream; on a GPU,
+    # more concurrent NVDEC sessions), dealt batches in turn: the batches are the same for any.
+    dali_pipelines: int = 1
     # On a GPU: "nvdec" decodes on the GPU's video engine; "cpu" decodes with DALI's CPU
     # decoder (dali_threads threads; VP8/VP9/MJPEG) and resizes/normalises on the GPU
     # (experimental: not yet measured on a GPU). Ignored on the CPU.
@@ -131,7 +134,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.eval_frame_order": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
     "data.image_resolution": (lambda v: v >= 8, "at least 8 pixels"),
     "data.num_workers": (lambda v: v >= 0, "0 or more"),
-    "data.dali_threads": (lambda v: v >= 1, "at least 1"),
+    "data.dali_threads": (lambda v: v >= 0, "0 (auto: the cores of this process) or more"),
+    "data.dali_pipelines": (lambda v: v >= 1, "at least 1"),
     "data.prefetch": (lambda v: v >= 1, "at least 1"),
     "data.synthetic.videos": (lambda v: v >= 0, "0 or more"),
     "model.cross_num_hidden_layers": (lambda v: v >= 1, "at least 1"),

@@ -18,7 +18,8 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
-from .dali_loader import (DaliLoader, dali_import_error, decoder_device, normalize_codec,
+from .dali_loader import DaliLoader
+from .dali_support import (dali_import_error, decoder_device, normalize_codec,
                           unsupported_reason)
 from .reference import ReferenceLoader
 
@@ -117,9 +118,11 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
         return make(split, cfg.data, mode, batch, **common)
     from .frame_cache import CachedLoader
 
-    # The cache is filled by the backend's evaluation loader over every video of the split.
-    fill_batch = max(1, cfg.train.eval_batch_size)
-    loader = CachedLoader(split, cfg.data, mode, batch, lambda data: make(
-        split, data, "eval", fill_batch, device=device, seed=cfg.train.seed), **common)
+    # The cache is filled by the backend's evaluation loader over the split's videos (under
+    # DDP each rank decodes its share; the cache gathers the rest).
+    fill_batch = max(1, cfg.train.eval_batch_size // world_size)
+    loader = CachedLoader(split, cfg.data, mode, batch, lambda data, rank, ranks: make(
+        split, data, "eval", fill_batch, rank=rank, world_size=ranks, device=device,
+        seed=cfg.train.seed), **common)
     loader.backend = f"{backend}+cache"
     return loader
