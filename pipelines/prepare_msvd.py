@@ -244,6 +244,7 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
     """Prepare every video of ``src_dir`` (or ``ids``) into ``out_dir``; returns a summary."""
     from clip4clip_dali.data.msvd import find_videos
 
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
     videos = find_videos(src_dir)
     if ids is not None:
         missing = [v for v in ids if v not in videos]
