@@ -93,7 +93,7 @@ class TrainConfig:
     schedule: Literal["warmup_cosine", "warmup_linear", "constant"] = "warmup_cosine"
     max_grad_norm: float = 1.0
     precision: Literal["amp_bf16", "amp_fp16", "fp32", "fp16_weights"] = "amp_bf16"
-    compile: bool = False
+    compile: bool | Literal["auto"] = False  # auto: on when training on CUDA (compile_enabled)
     grad_checkpointing: bool = False
     local_loss: bool = False
     nonfinite_loss: Literal["skip", "stop"] = "skip"
@@ -157,6 +157,14 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 
 
+def compile_enabled(value: bool | str, device) -> bool:
+    """Whether ``train.compile`` compiles on ``device``: ``auto`` on CUDA only (on a CPU,
+    compiling takes minutes and gains little)."""
+    if value == "auto":
+        return getattr(device, "type", str(device)) == "cuda"
+    return bool(value)
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -171,7 +179,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
+        for tp_inner in inner[:-1]:  # the first type that takes the value (bool | 'auto')
+            try:
+                return _coerce(value, tp_inner, key, source)
+            except ConfigError:
+                pass
+        try:
+            return _coerce(value, inner[-1], key, source)
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+            raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; expected "
+                              f"{' | '.join(_type_name(a) for a in inner)}.") from None
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:
