@@ -21,6 +21,7 @@ from ..errors import UserError
 from .dali_loader import DaliLoader
 from .dali_support import (dali_import_error, decoder_device, normalize_codec,
                           unsupported_reason)
+from .presampled import check_sampling
 from .reference import ReferenceLoader
 
 if TYPE_CHECKING:
@@ -108,10 +109,12 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
         batch = per_rank_batch(cfg.train.batch_size, world_size, "train.batch_size")
     else:
         batch = max(1, cfg.train.eval_batch_size // world_size)
+    presampled = check_sampling(cfg.data) is not None  # refuses another sampling, first
     backend, reason = choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder)
     cache = cfg.data.frame_cache if frame_cache is None else frame_cache
-    log.info("data loader for %s (%s): %s%s on %s, %s", split.name, mode, backend,
-             " + frame cache" if cache else "", device, reason)
+    log.info("data loader for %s (%s): %s%s on %s, %s%s", split.name, mode, backend,
+             " + frame cache" if cache else "", device, reason,
+             "; pre-sampled clips, decoded whole" if presampled else "")
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
     make = DaliLoader if backend == "dali" else ReferenceLoader
     if not cache:
