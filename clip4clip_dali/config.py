@@ -44,7 +44,10 @@ class DataConfig:
     image_resolution: int = 224
     loader: Literal["auto", "dali", "torchcodec", "reference"] = "auto"
     num_workers: int = 2  # reference loader DataLoader workers
-    dali_threads: int = 2
+    dali_threads: int = 0  # threads per DALI pipeline; 0: this process's share of the cores
+    # Independent DALI pipelines per process (each its own threads and CUDA stream; on a GPU,
+    # more concurrent NVDEC sessions), dealt batches in turn: the batches are the same for any.
+    dali_pipelines: int = 1
     torchcodec_threads: int = 2  # torchcodec loader: clips decoded at once (threads)
     # On a GPU: "nvdec" decodes on the GPU's video engine; "cpu" decodes with DALI's CPU
     # decoder (dali_threads threads; VP8/VP9/MJPEG) and resizes/normalises on the GPU
@@ -91,7 +94,7 @@ class TrainConfig:
     schedule: Literal["warmup_cosine", "warmup_linear", "constant"] = "warmup_cosine"
     max_grad_norm: float = 1.0
     precision: Literal["amp_bf16", "amp_fp16", "fp32", "fp16_weights"] = "amp_bf16"
-    compile: bool = False
+    compile: bool | Literal["auto"] = False  # auto: on when training on CUDA (compile_enabled)
     grad_checkpointing: bool = False
     local_loss: bool = False
     nonfinite_loss: Literal["skip", "stop"] = "skip"
@@ -132,7 +135,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.eval_frame_order": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
     "data.image_resolution": (lambda v: v >= 8, "at least 8 pixels"),
     "data.num_workers": (lambda v: v >= 0, "0 or more"),
-    "data.dali_threads": (lambda v: v >= 1, "at least 1"),
+    "data.dali_threads": (lambda v: v >= 0, "0 (auto: the cores of this process) or more"),
+    "data.dali_pipelines": (lambda v: v >= 1, "at least 1"),
     "data.torchcodec_threads": (lambda v: v >= 1, "at least 1"),
     "data.prefetch": (lambda v: v >= 1, "at least 1"),
     "data.synthetic.videos": (lambda v: v >= 0, "0 or more"),
@@ -155,6 +159,14 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
 }
 
 
+def compile_enabled(value: bool | str, device) -> bool:
+    """Whether ``train.compile`` compiles on ``device``: ``auto`` on CUDA only (on a CPU,
+    compiling takes minutes and gains little)."""
+    if value == "auto":
+        return getattr(device, "type", str(device)) == "cuda"
+    return bool(value)
+
+
 def _type_name(tp: Any) -> str:
     if typing.get_origin(tp) is Literal:
         return " | ".join(repr(a) for a in typing.get_args(tp))
@@ -169,7 +181,18 @@ def _coerce(value: Any, tp: Any, key: str, source: str) -> Any:
         if value is None and type(None) in args:
             return None
         inner = [a for a in args if a is not type(None)]
-        return _coerce(value, inner[0], key, source)
+        for tp_inner in inner[:-1]:  # the first type that takes the value (bool | 'auto')
+            try:
+                return _coerce(value, tp_inner, key, source)
+            except ConfigError:
+                pass
+        try:
+            return _coerce(value, inner[-1], key, source)
+        except ConfigError:
+            if len(inner) == 1:
+                raise
+            raise ConfigError(f"{source}: {key} = {value!r} has the wrong type; expected "
+                              f"{' | '.join(_type_name(a) for a in inner)}.") from None
     if origin is Literal:
         allowed = typing.get_args(tp)
         if value not in allowed:

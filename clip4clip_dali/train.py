@@ -28,7 +28,7 @@ import torch
 
 from . import checkpoint as ckpt
 from . import distributed as D
-from .config import Config, load_config
+from .config import Config, compile_enabled, load_config
 from .errors import UserError, run_cli
 
 log = logging.getLogger("clip4clip_dali")
@@ -168,7 +168,8 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
         train_model = torch.nn.parallel.DistributedDataParallel(
             model, device_ids=[info.device.index] if info.device.type == "cuda" else None,
             broadcast_buffers=False)
-    if tc.compile:
+    compiled = compile_enabled(tc.compile, info.device)
+    if compiled:
         train_model = torch.compile(train_model)
 
     fl = training_flops_per_sample(model, cfg.data.max_frames, cfg.data.max_words,
@@ -192,7 +193,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     log.info("%s on %s (%d process(es)), loader %s, %d steps/epoch, %d steps, %.1fM params "
              "(%.1fM trained), precision %s%s", cfg.model.sim_header, info.device,
              info.world_size, getattr(loader, "backend", "?"), steps_per_epoch, total_steps,
-             n_params / 1e6, n_train / 1e6, tc.precision, ", compiled" if tc.compile else "")
+             n_params / 1e6, n_train / 1e6, tc.precision, ", compiled" if compiled else "")
 
     try:
         status = trainer.fit()

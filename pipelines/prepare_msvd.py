@@ -21,6 +21,16 @@ What it does to each video (found under --src by ``msvd.find_videos``, any conta
 - writes outputs atomically (temp file + rename), so it is resumable: an output that exists and
   verifies is skipped.
 
+With ``--presample`` it writes instead, per video, a clip holding exactly the frames CLIP4Clip
+samples, already at the model's resolution (``pipelines/presample.py``; sampling keys from
+``--config`` or the same flags), and records the sampling in ``<out>/.clip4clip_presampled.json``:
+
+    python pipelines/prepare_msvd.py --presample --config configs/msvd_meanP.yaml \
+        --src data/msvd/MSVD_Videos --out data/msvd/presampled [--codec vp9|h264] [--crf N]
+
+A video that cannot be pre-sampled is reported and left out (a copy of the original would not
+hold what the record says).
+
 Uses PyAV only (no ffmpeg binary needed). Ends with a summary and the manifest
 (``<out>/.clip4clip_manifest.json``), which training then reuses.
 """
@@ -37,13 +47,18 @@ from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
+from typing import Optional
 
 REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
+from clip4clip_dali.data.presampled import (Sampling, read_presampled,  # noqa: E402
+                                            sampling_mismatch, write_presampled)
 from clip4clip_dali.errors import UserError, run_cli  # noqa: E402
 from clip4clip_dali.workers import clean_context  # noqa: E402
+
+import presample as pre  # noqa: E402  (pipelines/presample.py, beside this file)
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -63,6 +78,7 @@ class Options:
     crf: int = 30
     max_duration: float = 0.0  # > 0: keep at most this many seconds (tests, quick trials)
     threads: int = 1  # encoder threads per worker
+    presample: Optional[Sampling] = None  # set: pre-sampled clips (codec vp9|h264, crf None: default)
 
 
 def output_size(width: int, height: int, short_side: int) -> tuple[int, int]:
@@ -208,10 +224,27 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
+def _check_presample_out(out_dir: Path, opts: Options, force: bool) -> dict:
+    """Records of an earlier pre-sampled run into ``out_dir`` to keep (same sampling)."""
+    earlier = read_presampled(out_dir)
+    if earlier is None:
+        return {}
+    diff = sampling_mismatch(earlier.sampling, opts.presample)
+    if earlier.codec != opts.codec:
+        diff.append(f"the codec is {earlier.codec} there but {opts.codec} now")
+    if diff and not force:
+        raise UserError(f"{out_dir} already holds clips pre-sampled with "
+                        f"{earlier.sampling.describe()} ({'; '.join(diff).replace('config', 'flags')}"
+                        f"); choose another --out, or pass --force to redo them all.")
+    return {} if diff else earlier.videos
+
+
 def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
             ids: list[str] | None = None, force: bool = False, manifest: bool = True) -> dict:
+    """Prepare every video of ``src_dir`` (or ``ids``) into ``out_dir``; returns a summary."""
     from clip4clip_dali.data.msvd import find_videos
 
+    src_dir, out_dir = Path(src_dir), Path(out_dir)
     videos = find_videos(src_dir)
     if ids is not None:
         missing = [v for v in ids if v not in videos]
@@ -227,29 +260,44 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
         raise UserError("--out must differ from --src (outputs would replace the originals).")
     workers = workers or max(1, (os.cpu_count() or 1))
     t0 = time.time()
-    results: dict[str, tuple[str, str, str]] = {}
+    if opts.presample is not None:
+        records = _check_presample_out(out_dir, opts, force)
+        # Written first so an interrupted run already names its sampling.
+        write_presampled(out_dir, opts.presample, opts.codec, records)
+        job, args = pre.presample_one, (str(out_dir), opts.presample, opts.codec,
+                                        opts.crf, force)
+    else:
+        job, args = prepare_one, (str(out_dir), opts, force)
+    results: dict[str, tuple] = {}
     if workers == 1:
         for vid, p in videos.items():
-            r = prepare_one(vid, str(p), str(out_dir), opts, force)
+            r = job(vid, str(p), *args)
             results[r[0]] = r[1:]
             _progress(r, len(results), len(videos))
     else:
         with ProcessPoolExecutor(workers, mp_context=clean_context(("av",))) as pool:
-            futs = [pool.submit(prepare_one, vid, str(p), str(out_dir), opts, force)
-                    for vid, p in videos.items()]
+            futs = [pool.submit(job, vid, str(p), *args) for vid, p in videos.items()]
             for f in as_completed(futs):
                 r = f.result()
                 results[r[0]] = r[1:]
                 _progress(r, len(results), len(videos))
     counts: dict[str, int] = {}
-    for status, _path, _detail in results.values():
-        counts[status] = counts.get(status, 0) + 1
+    for r in results.values():
+        counts[r[0]] = counts.get(r[0], 0) + 1
     summary = {"videos": len(videos), **{k: counts.get(k, 0) for k in
-               ("transcoded", "skipped", "copied", "failed")},
+               ("transcoded", "presampled", "skipped", "copied", "failed")},
                "seconds": round(time.time() - t0, 1), "codec": opts.codec, "fps": opts.fps,
                "short_side": opts.short_side,
                "copied_ids": sorted(v for v, r in results.items() if r[0] == "copied"),
                "failed_ids": sorted(v for v, r in results.items() if r[0] == "failed")}
+    if opts.presample is not None:
+        for vid, r in results.items():
+            records.pop(vid, None)
+            if r[3] is not None:
+                records[vid] = r[3]
+        write_presampled(out_dir, opts.presample, opts.codec, records,
+                         crf=pre.DEFAULT_CRF[opts.codec] if opts.crf is None else opts.crf)
+        summary["sampling"] = opts.presample.to_json()
     if manifest:
         from clip4clip_dali.data.manifest import load_manifest
         from clip4clip_dali.data.msvd import default_manifest_path
@@ -262,11 +310,26 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
 
 
 def _progress(r, done: int, total: int) -> None:
-    vid, status, _path, detail = r
+    vid, status, _path, detail = r[:4]
     if status in ("copied", "failed"):
         log.warning("%s: %s (%s)", vid, status, detail)
     else:
         log.info("[%d/%d] %s: %s %s", done, total, vid, status, detail)
+
+
+def sampling_from_args(args) -> Sampling:
+    """The sampling keys: --config (+ --set) or the defaults, then the explicit flags."""
+    from clip4clip_dali.config import load_config
+
+    data = load_config(args.config, args.set).data
+    for key in ("feature_framerate", "max_frames", "slice_framepos", "image_resolution"):
+        if getattr(args, key) is not None:
+            setattr(data, key, getattr(args, key))
+    if data.max_frames < 1 or data.feature_framerate < 1 or data.image_resolution < 8 \
+            or data.slice_framepos not in (0, 1, 2):
+        raise UserError("--max-frames and --feature-framerate must be at least 1, "
+                        "--image-resolution at least 8, --slice-framepos 0, 1 or 2.")
+    return Sampling.from_config(data)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -279,7 +342,21 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", choices=sorted(CODECS), default="vp9",
                    help="vp9 (default; DALI decodes it on CPU and GPU), h264 (GPU only), mjpeg")
     p.add_argument("--gop", type=int, default=0, help="keyframe interval in frames (default: 1 s)")
-    p.add_argument("--crf", type=int, default=30, help="VP9 quality (lower is better; H.264 uses crf-12)")
+    p.add_argument("--crf", type=int, default=None,
+                   help="VP9 quality, lower is better (default 30; H.264 uses crf-12); with "
+                        f"--presample: {pre.DEFAULT_CRF['vp9']} for VP9, "
+                        f"{pre.DEFAULT_CRF['h264']} for H.264, 0 = lossless VP9")
+    g = p.add_argument_group("pre-sampled clips (--presample)")
+    g.add_argument("--presample", action="store_true",
+                   help="write clips holding only the frames CLIP4Clip samples, at the model's "
+                        "resolution (vp9 or h264)")
+    g.add_argument("--config", help="read the sampling keys (data.feature_framerate, "
+                   "max_frames, slice_framepos, image_resolution) from this training config")
+    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="config override, as for training (e.g. data.max_frames=8)")
+    for key in ("feature_framerate", "max_frames", "slice_framepos", "image_resolution"):
+        g.add_argument("--" + key.replace("_", "-"), type=int, default=None,
+                       help=f"data.{key} (overrides --config; default: the config's)")
     p.add_argument("--max-duration", type=float, default=0.0,
                    help="keep at most this many seconds of each clip (quick trials, tests)")
     p.add_argument("--workers", type=int, default=0, help="processes (default: all cores)")
@@ -292,16 +369,25 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(levelname)s: %(message)s")
     if args.short_side < 8 or args.fps <= 0:
         raise UserError("--short-side must be at least 8 and --fps positive.")
+    if args.presample and args.codec not in pre.CODECS:
+        raise UserError(f"--presample writes {' or '.join(sorted(pre.CODECS))}, not "
+                        f"{args.codec}.")
     ids = None
     if args.ids:
         ids = [ln.strip() for ln in Path(args.ids).read_text().splitlines() if ln.strip()]
     opts = Options(short_side=args.short_side, fps=args.fps, codec=args.codec, gop=args.gop,
-                   crf=args.crf, max_duration=args.max_duration)
+                   crf=30 if args.crf is None else args.crf, max_duration=args.max_duration)
+    if args.presample:
+        opts.crf, opts.presample = args.crf, sampling_from_args(args)
     s = prepare(Path(args.src), Path(args.out), opts, args.workers, ids, args.force,
                 manifest=not args.no_manifest)
-    print(f"prepared {s['videos']} videos in {s['seconds']} s: {s['transcoded']} transcoded, "
+    done = (f"{s['presampled']} pre-sampled ({opts.presample.describe()})" if args.presample
+            else f"{s['transcoded']} transcoded")
+    print(f"prepared {s['videos']} videos in {s['seconds']} s: {done}, "
           f"{s['skipped']} already done, {s['copied']} copied as they were (transcode failed), "
           f"{s['failed']} failed" + (f"; manifest {s['manifest']}" if "manifest" in s else ""))
+    if s["failed_ids"]:
+        print(f"failed (left out; training skips them): {', '.join(s['failed_ids'][:10])}")
     if s["copied_ids"]:
         print(f"copied unchanged (use loader=reference or a GPU for these): "
               f"{', '.join(s['copied_ids'][:10])}")

@@ -95,6 +95,16 @@ def test_quick_loader_rows(quick_run):
         assert by["original"]["status"] == "ok", by["original"]
     except ImportError:
         assert by["original"]["status"] == "n/a"
+    # 6 clips at batch 2: 3 batches a pass, far below 30 steady batches. The rows still report
+    # what they measured, start-up apart, but call it latency and no target uses them.
+    for r in rows:
+        if r["status"] == "ok":
+            assert r["batches_per_pass"] == 3 and r["steady_batches_per_pass"] == 2, r
+            assert r["steady_valid"] is False and "latency" in r["steady_note"], r
+            _check_stat(r["first_batch_s"], f"loader.{r['backend']}.first_batch_s")
+    assert by["dali_cpu"]["pipelines"] == 1
+    cpu_targets = [t for t in doc["targets"] if t["target"].startswith("CPU [")]
+    assert cpu_targets and all(t["met"] == "n/a" for t in cpu_targets), cpu_targets
 
 
 def test_quick_step_rows(quick_run):

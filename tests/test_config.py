@@ -49,3 +49,30 @@ def test_bad_override_and_missing_file(tmp_path):
         load_config(tmp_path / "missing.yaml")
     with pytest.raises(ConfigError, match="with --set overrides"):
         load_config(None, ["train.batch_size=0"])
+
+
+def test_compile_auto_is_on_only_on_cuda(tmp_path):
+    import torch
+
+    from clip4clip_dali.config import compile_enabled
+
+    assert load_config(None, ["train.compile=auto"]).train.compile == "auto"
+    assert load_config(None, ["train.compile=true"]).train.compile is True
+    assert load_config(None, []).train.compile is False
+    with pytest.raises(ConfigError, match=r"train.compile = 'yes' has the wrong type; "
+                                          r"expected bool \| 'auto'"):
+        load_config(_write(tmp_path, "train:\n  compile: 'yes'\n"))
+    assert compile_enabled("auto", torch.device("cuda", 0)) is True
+    assert compile_enabled("auto", torch.device("cpu")) is False
+    assert compile_enabled(True, torch.device("cpu")) is True
+    assert compile_enabled(False, torch.device("cuda")) is False
+
+
+def test_msvd_configs_turn_on_compile_auto_and_the_frame_cache():
+    from pathlib import Path
+
+    configs = sorted((Path(__file__).resolve().parents[1] / "configs").glob("msvd_*.yaml"))
+    assert len(configs) >= 5
+    for path in configs:
+        cfg = load_config(path)
+        assert cfg.train.compile == "auto" and cfg.data.frame_cache is True, path.name

@@ -26,8 +26,9 @@ _cfg = data_config
 def _cached(split, cfg, mode, batch, make, **kw):
     fills = []
 
-    def fill(data):
+    def fill(data, rank, ranks):
         assert data.eval_frame_order == 0  # frames are cached in decode order
+        assert (rank, ranks) == (0, 1)  # no process group: every video decoded here
         fills.append(1)
         return make(split, data, "eval", 4)
 

@@ -191,3 +191,31 @@ def test_nvdec_batches_close_to_reference():
         assert torch.equal(a["video_mask"], b["video_mask"].cpu())
         # NVDEC's colour conversion and torch's resize differ slightly from FFmpeg + PIL
         assert pixel_mae(a["video"], b["video"]) < 3.0
+
+
+def test_presampled_set_equals_the_reference_loader(tmp_path):
+    """A pre-sampled set (pipelines/prepare_msvd.py --presample) is read whole, only
+    normalised, as the reference loader reads it."""
+    import sys
+
+    from clip4clip_dali.data.presampled import Sampling
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "pipelines"))
+    import prepare_msvd as prep
+
+    data, videos = make_dataset(tmp_path, [dict(frames=30, fps=15, codec="h264", width=48,
+                                                height=80),
+                                           dict(frames=40, fps=10, codec="mpeg4")])
+    cfg = DataConfig(data_path=str(data), features_path=str(videos), max_frames=4,
+                     image_resolution=32)
+    out = tmp_path / "pre"
+    summary = prep.prepare(videos, out, prep.Options(codec="vp9",
+                                                     presample=Sampling.from_config(cfg)))
+    assert summary["presampled"] == 2
+    pre = DataConfig(**{**cfg.__dict__, "features_path": str(out)})
+    split = load_split(pre, "test")
+    tc = TorchcodecLoader(split, pre, "eval", 2)
+    assert tc.presampled
+    a, b = next(iter(ReferenceLoader(split, pre, "eval", 2, num_workers=0))), next(iter(tc))
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -41,14 +41,20 @@ the output (its ``video_index`` never appears).
 from __future__ import annotations
 
 import collections
+import itertools
+import os
 import logging
 from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 import torch
 
+from .dali_support import (CPU_CODECS, GPU_CODECS, GPU_MIN_SIZE,  # noqa: F401 (re-exported)
+                           dali_import_error, decoder_device, normalize_codec,
+                           supported_codecs, unsupported_reason)
+from .presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
-from .sampling import clip_frame_indices, frame_order_permutation
+from .sampling import frame_order_permutation
 from .sharding import EpochPlan, EpochShard
 
 if TYPE_CHECKING:
@@ -57,66 +63,20 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clip4clip_dali")
 
-# Codec names as PyAV/FFmpeg report them (manifest ``VideoInfo.codec``).
-CPU_CODECS = frozenset({"vp8", "vp9", "mjpeg"})
-# MJPEG is listed as "supported by both backends" in DALI's docstring, yet DALI 2.4's mixed
-# decoder rejects it at run time ("Codec 7 (mjpeg) is not supported by the GPU variant of this
-# operator", H200, benchmarks/results/gpu-h200-2026-11-26-dali-gpu-tests.txt): not on the GPU.
-GPU_CODECS = frozenset({"h264", "hevc", "vp8", "vp9", "av1", "mpeg4"})
-# NVDEC's smallest decodable frame (width, height) per codec, as NVIDIA's decoder capability
-# table gives it (cuvidGetDecoderCaps nMinWidth/nMinHeight). DALI's mixed decoder asserts
-# ``width >= caps.nMinWidth && height >= caps.nMinHeight`` ("Video is too small in at least one
-# dimension", frames_decoder_gpu.cc). Confirmed for VP9 on an H200: 64x48, 48x64 and 96x64
-# VP9 clips all failed, 298x224 decoded, while H.264/MPEG-4 decoded at 64x48 and 48x64.
-GPU_MIN_SIZE = {"h264": (48, 16), "mpeg4": (48, 16), "vp8": (48, 16), "vp9": (128, 128),
-                "av1": (128, 128), "hevc": (144, 144)}
-_CODEC_ALIASES = {
-    "libvpx": "vp8", "libvpx-vp8": "vp8", "libvpx-vp9": "vp9", "h265": "hevc", "avc": "h264",
-    "avc1": "h264", "libdav1d": "av1", "libaom-av1": "av1", "av1_cuvid": "av1",
-    "h264_cuvid": "h264", "hevc_cuvid": "hevc", "jpeg": "mjpeg", "mp4v": "mpeg4",
-}
 
-
-def normalize_codec(name: str) -> str:
-    name = (name or "").strip().lower()
-    return _CODEC_ALIASES.get(name, name)
-
-
-def decoder_device(device: torch.device | str, dali_decoder: str = "nvdec") -> torch.device:
-    """Where DALI decodes for a loader whose batches go to ``device``: its GPU (NVDEC) unless
-    ``data.dali_decoder`` is "cpu"; on the CPU always the CPU. Codec and frame-size limits are
-    those of this device."""
-    device = torch.device(device)
-    return device if device.type == "cuda" and dali_decoder == "nvdec" else torch.device("cpu")
-
-
-def supported_codecs(device: torch.device) -> frozenset:
-    return GPU_CODECS if torch.device(device).type == "cuda" else CPU_CODECS
-
-
-def unsupported_reason(info, device: torch.device) -> Optional[str]:
-    """Why DALI cannot decode the video described by ``info`` (a manifest ``VideoInfo``) on
-    ``device``, or None when it can: a codec its decoder lacks there, or (GPU) a frame smaller
-    than NVDEC's minimum for that codec."""
-    codec = normalize_codec(getattr(info, "codec", "") if info is not None else "")
-    if codec not in supported_codecs(device):
-        return codec or "unknown"
-    if torch.device(device).type == "cuda" and codec in GPU_MIN_SIZE:
-        mw, mh = GPU_MIN_SIZE[codec]
-        w, h = int(getattr(info, "width", 0) or 0), int(getattr(info, "height", 0) or 0)
-        if w > 0 and h > 0 and (w < mw or h < mh):
-            return f"{codec} smaller than {mw}x{mh}"
-    return None
-
-
-def dali_import_error() -> Optional[str]:
-    """None when DALI can be imported, else why not."""
+def default_dali_threads(pipelines: int = 1) -> int:
+    """Threads per DALI pipeline when ``data.dali_threads`` is 0: the cores this process may
+    use (its CPU affinity) shared by the processes of this machine (``LOCAL_WORLD_SIZE``, set
+    by torchrun) and by its ``pipelines``."""
     try:
-        import nvidia.dali  # noqa: F401
-        import nvidia.dali.plugin.pytorch  # noqa: F401
-    except Exception as e:  # ImportError, or a broken CUDA library
-        return f"{type(e).__name__}: {e}"
-    return None
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # not on Linux
+        cores = os.cpu_count() or 1
+    try:
+        local = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local = 1
+    return max(1, cores // local // max(1, pipelines))
 
 
 def resize_size(width: int, height: int, resolution: int) -> tuple[int, int]:
@@ -137,7 +97,16 @@ def _pipeline_fn():
 
     @pipeline_def(enable_conditionals=True)
     def video_pipeline(source, resolution: int, max_frames: int, decode_device: str,
-                       transform_on_gpu: bool):
+                       transform_on_gpu: bool, presampled: bool = False):
+        if presampled:  # every frame of the file, already R x R: decode, normalise, pad
+            (encoded,) = fn.external_source(source=source, num_outputs=1, batch=True,
+                                            dtype=[types.UINT8], ndim=[1])
+            video = fn.decoders.video(encoded, device=decode_device)
+            if transform_on_gpu and decode_device == "cpu":
+                video = video.gpu()
+            video = fn.crop_mirror_normalize(video, mean=mean, std=std, dtype=types.FLOAT,
+                                             output_layout="FCHW")
+            return fn.pad(video, axis_names="F", shape=[max_frames], fill_value=0.0)
         n = 3 if transform_on_gpu else 4  # resize flags only where the resize may be skipped
         inputs = fn.external_source(
             source=source, num_outputs=n, batch=True,
@@ -159,18 +128,45 @@ def _pipeline_fn():
     return video_pipeline
 
 
-class _Source:
-    """The external source: takes batches from the plan, reads their files, tracks what is in flight."""
+class _Dispatch:
+    """Deals the plan's batches to K pipelines in turn: batch j (of this pass) to pipeline
+    j % K, whichever pipeline asks first; the loader reads outputs in the same turn, so the
+    batches come out in plan order for any K."""
 
-    def __init__(self, loader: "DaliLoader", plan):
-        self.loader, self.plan = loader, plan
+    def __init__(self, plan, k: int):
+        self.plan, self.k = plan, k
+        self.made = 0  # batches taken from the plan
+        self.waiting: dict[int, list[int]] = {}  # number -> batch its pipeline has not asked for
+
+    def get(self, number: int):
+        while self.made <= number:
+            batch = self.plan.next_batch()
+            if batch is None:
+                break
+            self.waiting[self.made] = batch
+            self.made += 1
+        return self.waiting.pop(number, None)
+
+
+class _Source:
+    """One pipeline's external source: takes its turns' batches, reads their files, and keeps
+    what is in flight as (number, batch)."""
+
+    def __init__(self, loader: "DaliLoader", dispatch: _Dispatch, index: int):
+        self.loader, self.index = loader, index
         self.in_flight: collections.deque = collections.deque()
+        self.restart(dispatch)
+
+    def restart(self, dispatch: _Dispatch) -> None:
+        self.dispatch, self.number = dispatch, self.index
+        self.in_flight.clear()
 
     def __call__(self):
-        batch = self.plan.next_batch()
+        batch = self.dispatch.get(self.number)
         if batch is None:
             raise StopIteration
-        self.in_flight.append(batch)
+        self.in_flight.append((self.number, batch))
+        self.number += self.dispatch.k
         return self.loader._feed(batch)
 
 
@@ -204,20 +200,26 @@ class DaliLoader(EpochShard):
         on_nvdec = self.decoder_device.type == "cuda"
         self.decode_device = "mixed" if on_nvdec else "cpu"
         self.transform_on_gpu = self.device_id is not None
-        self.threads, self.prefetch = data_cfg.dali_threads, data_cfg.prefetch
+        self.pipelines = data_cfg.dali_pipelines
+        self.threads = data_cfg.dali_threads or default_dali_threads(self.pipelines)
+        self.prefetch = data_cfg.prefetch
         self.resolution, self.max_frames = data_cfg.image_resolution, data_cfg.max_frames
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
         self.epoch = 0
         self.bad_videos: set[int] = set()
-        # Per video: sampled indices and resize target, computed once.
+        # Per video: sampled indices and resize target, computed once. A pre-sampled set
+        # (presampled.py) is decoded whole: every frame of a file is a sample, no resize.
+        sampled, self.presampled = split_frames(split, data_cfg)
         self._indices: list[np.ndarray] = []
         self._sizes: list[np.ndarray] = []
         self._resize: list[np.ndarray] = []  # False where the frames already have that size
         for v, info in enumerate(split.video_info):
-            idx = clip_frame_indices(info, data_cfg)
+            idx = sampled[v]
             self._indices.append(idx.astype(np.int32))
             if len(idx) == 0 or info.width <= 0 or info.height <= 0:
-                log.warning("skipping video with no frames to sample: %s", split.video_paths[v])
+                if not self.presampled:  # (split_frames named those already)
+                    log.warning("skipping video with no frames to sample: %s",
+                                split.video_paths[v])
                 self.bad_videos.add(v)
                 self._sizes.append(np.zeros(2, np.float32))
                 self._resize.append(np.array(True))
@@ -234,9 +236,9 @@ class DaliLoader(EpochShard):
             from .text import Tokenizer
 
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
-        # (pipeline, source) left by the last pass that ran to its end, reused by the next one:
-        # building a pipeline (on a GPU: CUDA streams, NVDEC sessions, buffers) costs about a
-        # second, once a pass otherwise.
+        # (pipelines, sources) left by the last pass that ran to its end, reused by the next
+        # one: building a pipeline (on a GPU: CUDA streams, NVDEC sessions, buffers) costs
+        # about a second, once a pass otherwise.
         self._idle = None
 
     # ---- sample bookkeeping ------------------------------------------------------------
@@ -246,17 +248,21 @@ class DaliLoader(EpochShard):
         for i in batch:
             v = self._video_of(i)
             enc.append(np.fromfile(self.split.video_paths[v], dtype=np.uint8))
+            if self.presampled:
+                continue
             frames.append(self._indices[v])
             sizes.append(self._sizes[v])
             resize.append(self._resize[v])
+        if self.presampled:
+            return (enc,)
         # (the graph takes resize flags only where it may skip the resize: CPU transforms)
         return (enc, frames, sizes) if self.transform_on_gpu else (enc, frames, sizes, resize)
 
     def _build(self, source, batch_size: int, prefetch: int):
         pipe = _pipeline_fn()(
             source, self.resolution, self.max_frames, self.decode_device, self.transform_on_gpu,
-            batch_size=batch_size, num_threads=self.threads, device_id=self.device_id,
-            prefetch_queue_depth=prefetch, seed=self.seed)
+            self.presampled, batch_size=batch_size, num_threads=self.threads,
+            device_id=self.device_id, prefetch_queue_depth=prefetch, seed=self.seed)
         pipe.build()
         return pipe
 
@@ -278,7 +284,7 @@ class DaliLoader(EpochShard):
             first.setdefault(self._video_of(i), i)
         broken: list[int] = []
         for v in videos:
-            pipe = self._build(_Source(self, _ListPlan([[first[v]]])), 1, 1)
+            pipe = self._build(_Source(self, _Dispatch(_ListPlan([[first[v]]]), 1), 0), 1, 1)
             try:
                 pipe.run()
             except StopIteration:
@@ -310,31 +316,34 @@ class DaliLoader(EpochShard):
             if plan.next_batch() is None:
                 return
         while True:
+            dispatch = _Dispatch(plan, self.pipelines)
             if self._idle is not None:
-                pipe, source = self._idle
+                pipes, sources = self._idle
                 self._idle = None
-                source.plan = plan
+                for source in sources:
+                    source.restart(dispatch)
             else:
-                source = _Source(self, plan)
-                pipe = self._build(source, self.batch_size, self.prefetch)
-            while True:
+                sources = [_Source(self, dispatch, k) for k in range(self.pipelines)]
+                pipes = [self._build(source, self.batch_size, self.prefetch)
+                         for source in sources]
+            error = None
+            for number in itertools.count():
+                k = number % self.pipelines
                 try:
-                    (out,) = pipe.run()
+                    (out,) = pipes[k].run()
                 except StopIteration:
-                    if not source.in_flight:
-                        try:
-                            pipe.reset()
-                            self._idle = (pipe, source)
-                        except Exception:  # not reusable: the next pass builds a new one
-                            pass
+                    self._keep_idle(pipes, sources, k)
                     return
                 except RuntimeError as e:
                     error = e
                     break
-                batch = source.in_flight.popleft()
+                _number, batch = sources[k].in_flight.popleft()
                 yield self._assemble(batch, self._to_torch(out))
-            failed = list(source.in_flight)
-            del pipe
+            # Made but not delivered, in plan order: in flight on any pipeline, or waiting.
+            made = sorted([b for src in sources for b in src.in_flight]
+                          + list(dispatch.waiting.items()))
+            failed = [batch for _number, batch in made]
+            del pipes
             # Errors come back in order, so the oldest batch in flight failed; look at the
             # others too if it alone holds no culprit.
             if not failed or (not self._find_broken(failed[0]) and not self._find_broken(
@@ -342,6 +351,22 @@ class DaliLoader(EpochShard):
                 raise RuntimeError(f"the DALI pipeline failed, yet every video of the "
                                    f"failing batch decodes alone: {_reason(error)}") from error
             plan.put_back(failed)
+
+    def _keep_idle(self, pipes: list, sources: list, stopped: int) -> None:
+        """Keep the pass's pipelines for the next one when every one of them has run out."""
+        try:
+            for k, pipe in enumerate(pipes):
+                if k != stopped:  # its source has already said stop; collect that
+                    try:
+                        pipe.run()
+                        return  # an output nobody asked for: not reusable
+                    except StopIteration:
+                        pass
+            for pipe in pipes:
+                pipe.reset()
+            self._idle = (pipes, sources)
+        except Exception:  # not reusable: the next pass builds new ones
+            pass
 
 
 def finish_batch(loader, batch: list[int], video: torch.Tensor) -> dict:

@@ -11,7 +11,10 @@ the backend delivers (its normalisation is inverted exactly: both backends norma
 pixels), the frame order, masks, shards and epoch plan are the DALI loader's.
 
 A video that fails to decode while the cache is filled is left out, as the loaders leave it out.
-Every process fills its own cache (any rank may need any video: shards change every epoch).
+Every process holds the whole cache (any rank may need any video: shards change every epoch).
+Under ``torch.distributed`` each of the W ranks decodes only its share (videos ``rank::W``)
+and the shares are all-gathered as uint8, so filling takes about 1/W of the time. Given a
+pre-sampled set (``presampled.py``), the fill decodes each file whole, without resizing.
 """
 from __future__ import annotations
 
@@ -25,8 +28,8 @@ import torch
 
 from ..errors import UserError
 from .dali_loader import finish_batch
+from .presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
-from .sampling import clip_frame_indices
 from .sharding import EpochPlan, EpochShard
 
 if TYPE_CHECKING:
@@ -37,9 +40,10 @@ log = logging.getLogger("clip4clip_dali")
 
 
 class CachedLoader(EpochShard):
-    """Batches like ``DaliLoader``'s, built from frames decoded once by ``fill_loader(cfg)``:
-    an evaluation loader over every video of the split (rank 0 of 1) built with the data config
-    ``cfg`` it is given (``data_cfg`` with frame order 0: frames are cached in decode order)."""
+    """Batches like ``DaliLoader``'s, built from frames decoded once by
+    ``fill_loader(cfg, rank, world_size)``: an evaluation loader over shard ``rank`` of
+    ``world_size`` of the split's videos, built with the data config ``cfg`` it is given
+    (``data_cfg`` with frame order 0: frames are cached in decode order)."""
 
     def __init__(self, split: "MSVDSplit", data_cfg: "DataConfig", mode: str, batch_size: int,
                  fill_loader: Callable[["DataConfig"], object], rank: int = 0,
@@ -51,7 +55,7 @@ class CachedLoader(EpochShard):
         self.device = torch.device(device)
         self.max_frames, self.resolution = data_cfg.max_frames, data_cfg.image_resolution
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
-        self._indices = [clip_frame_indices(info, data_cfg) for info in split.video_info]
+        self._indices, self.presampled = split_frames(split, data_cfg)
         self._fill_loader = fill_loader
         self._fill_cfg = dataclasses.replace(data_cfg, eval_frame_order=0)
         self.backend = "cache"
@@ -67,24 +71,40 @@ class CachedLoader(EpochShard):
         self._inv_std = (1.0 / self._std).to(self.device)
         self._shift = (-self._mean / self._std).to(self.device)
 
+    def _fill_share(self) -> tuple[int, int]:
+        """(rank, ranks) that split the fill: the process group's when it is this loader's."""
+        import torch.distributed as dist
+
+        if (self.world_size > 1 and dist.is_available() and dist.is_initialized()
+                and dist.get_world_size() == self.world_size):
+            return self.rank, self.world_size
+        return 0, 1
+
     def fill(self) -> None:
-        """Decode every video once (the first pass calls this)."""
+        """Decode every video once, or this rank's share of them and gather the rest (the
+        first pass calls this)."""
         if self.frames is not None:
             return
         t0 = time.perf_counter()
-        loader = self._fill_loader(self._fill_cfg)
-        r = self.resolution
-        self.frames = torch.zeros((self.split.num_videos, self.max_frames, 3, r, r),
-                                  dtype=torch.uint8)
+        rank, ranks = self._fill_share()
+        loader = self._fill_loader(self._fill_cfg, rank, ranks)
+        n, r = self.split.num_videos, self.resolution
+        share = -(-n // ranks)  # videos rank, rank + ranks, ... at positions 0, 1, ...
+        frames = torch.zeros((share, self.max_frames, 3, r, r), dtype=torch.uint8)
+        cached = torch.zeros(share, dtype=torch.uint8)
         for batch in loader:
             video = batch["video"].float().cpu()
             pixels = torch.round(video * self._std + self._mean).clamp_(0, 255).to(torch.uint8)
-            idx = batch["video_index"].cpu()
-            self.frames[idx] = pixels
-            self.cached[idx.numpy()] = True
+            pos = batch["video_index"].cpu() // ranks
+            frames[pos] = pixels
+            cached[pos] = 1
+        if ranks > 1:
+            frames, cached = self._gather(frames, cached, ranks)
+        self.frames, self.cached = frames[:n], cached[:n].numpy().astype(bool)
         missing = int((~self.cached).sum())
-        log.info("frame cache for %s: %d videos decoded once by %s in %.1f s (%.2f GB)%s",
+        log.info("frame cache for %s: %d videos decoded once by %s%s in %.1f s (%.2f GB)%s",
                  self.split.name, int(self.cached.sum()), getattr(loader, "backend", "?"),
+                 f" ({ranks} ranks, a share each, all-gathered)" if ranks > 1 else "",
                  time.perf_counter() - t0, self.frames.numel() / 1e9,
                  f"; {missing} left out (failed to decode)" if missing else "")
         if not self.cached.any():
@@ -94,6 +114,22 @@ class CachedLoader(EpochShard):
                             f"pipelines/prepare_msvd.py.")
         if self.device.type == "cuda":  # on the GPU: a batch is then one gather, no copy
             self.frames = self.frames.to(self.device)
+
+    def _gather(self, frames: torch.Tensor, cached: torch.Tensor, ranks: int):
+        """Every rank's share, interleaved back into video order (video v = share v % ranks,
+        position v // ranks). uint8 over the wire; on the GPU with NCCL."""
+        import torch.distributed as dist
+
+        on = self.device if dist.get_backend() == "nccl" else torch.device("cpu")
+        parts = [torch.empty_like(frames, device=on) for _ in range(ranks)]
+        dist.all_gather(parts, frames.to(on))
+        flags = [torch.empty_like(cached, device=on) for _ in range(ranks)]
+        dist.all_gather(flags, cached.to(on))
+        # (share, ranks, ...) -> (share * ranks, ...): row p * ranks + k is rank k's video p
+        frames = torch.stack(parts, dim=1).flatten(0, 1)
+        del parts
+        return frames.cpu() if self.device.type != "cuda" else frames, \
+            torch.stack(flags, dim=1).flatten(0, 1).cpu()
 
     def __iter__(self):
         return self.iter_from(0)

@@ -20,8 +20,10 @@ from typing import TYPE_CHECKING
 import torch
 
 from ..errors import UserError
-from .dali_loader import (DaliLoader, dali_import_error, decoder_device, normalize_codec,
+from .dali_loader import DaliLoader
+from .dali_support import (dali_import_error, decoder_device, normalize_codec,
                           unsupported_reason)
+from .presampled import check_sampling
 from .reference import ReferenceLoader
 from .torchcodec_loader import TorchcodecLoader, torchcodec_import_error
 
@@ -125,19 +127,23 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
         batch = per_rank_batch(cfg.train.batch_size, world_size, "train.batch_size")
     else:
         batch = max(1, cfg.train.eval_batch_size // world_size)
+    presampled = check_sampling(cfg.data) is not None  # refuses another sampling, first
     backend, reason = choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder)
     cache = cfg.data.frame_cache if frame_cache is None else frame_cache
-    log.info("data loader for %s (%s): %s%s on %s, %s", split.name, mode, backend,
-             " + frame cache" if cache else "", device, reason)
+    log.info("data loader for %s (%s): %s%s on %s, %s%s", split.name, mode, backend,
+             " + frame cache" if cache else "", device, reason,
+             "; pre-sampled clips, decoded whole" if presampled else "")
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
     make = {"dali": DaliLoader, "torchcodec": TorchcodecLoader}.get(backend, ReferenceLoader)
     if not cache:
         return make(split, cfg.data, mode, batch, **common)
     from .frame_cache import CachedLoader
 
-    # The cache is filled by the backend's evaluation loader over every video of the split.
-    fill_batch = max(1, cfg.train.eval_batch_size)
-    loader = CachedLoader(split, cfg.data, mode, batch, lambda data: make(
-        split, data, "eval", fill_batch, device=device, seed=cfg.train.seed), **common)
+    # The cache is filled by the backend's evaluation loader over the split's videos (under
+    # DDP each rank decodes its share; the cache gathers the rest).
+    fill_batch = max(1, cfg.train.eval_batch_size // world_size)
+    loader = CachedLoader(split, cfg.data, mode, batch, lambda data, rank, ranks: make(
+        split, data, "eval", fill_batch, rank=rank, world_size=ranks, device=device,
+        seed=cfg.train.seed), **common)
     loader.backend = f"{backend}+cache"
     return loader

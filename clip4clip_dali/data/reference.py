@@ -17,7 +17,8 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from ..workers import clean_context
-from .sampling import clip_frame_indices, frame_order_permutation
+from .presampled import split_frames
+from .sampling import frame_order_permutation
 from .sharding import EpochShard
 from .text import Tokenizer
 
@@ -59,22 +60,36 @@ def decode_frames(path: str | Path, indices: np.ndarray) -> list:
     return [frames[int(i)] for i in indices if int(i) in frames]
 
 
-def clip_transform(image, resolution: int) -> torch.Tensor:
-    """CLIP's preprocessing of one PIL image -> float32 (3, R, R), as the original applies it."""
+def resize_crop(image, resolution: int):
+    """CLIP's geometry on one PIL image: short side to R (bicubic), centre crop R x R."""
     import torchvision.transforms.functional as TF
     from torchvision.transforms import InterpolationMode
 
     image = TF.resize(image, resolution, interpolation=InterpolationMode.BICUBIC)
-    image = TF.center_crop(image, resolution)
-    tensor = TF.to_tensor(image.convert("RGB"))
-    return TF.normalize(tensor, CLIP_MEAN, CLIP_STD)
+    return TF.center_crop(image, resolution).convert("RGB")
 
 
-def decode_clip(path: str | Path, indices: np.ndarray, resolution: int) -> torch.Tensor:
-    """Decoded and transformed frames at ``indices``: float32 (n, 3, R, R)."""
+def normalize_image(image) -> torch.Tensor:
+    """An RGB PIL image -> float32 (3, H, W) with CLIP's mean/std."""
+    import torchvision.transforms.functional as TF
+
+    return TF.normalize(TF.to_tensor(image.convert("RGB")), CLIP_MEAN, CLIP_STD)
+
+
+def clip_transform(image, resolution: int) -> torch.Tensor:
+    """CLIP's preprocessing of one PIL image -> float32 (3, R, R), as the original applies it."""
+    return normalize_image(resize_crop(image, resolution))
+
+
+def decode_clip(path: str | Path, indices: np.ndarray, resolution: int,
+                presampled: bool = False) -> torch.Tensor:
+    """Decoded and transformed frames at ``indices``: float32 (n, 3, R, R). ``presampled``:
+    the frames are already R x R (a pre-sampled set), only normalised."""
     images = decode_frames(path, indices)
     if not images:
         raise DecodeError(f"{path}: no frame could be decoded")
+    if presampled:
+        return torch.stack([normalize_image(im) for im in images])
     return torch.stack([clip_transform(im, resolution) for im in images])
 
 
@@ -97,6 +112,7 @@ class ClipDataset(Dataset):
         self.split, self.cfg, self.mode, self.seed = split, data_cfg, mode, seed
         self.epoch = 0
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
+        self.indices, self.presampled = split_frames(split, data_cfg)
         if mode == "train":
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
 
@@ -106,9 +122,11 @@ class ClipDataset(Dataset):
     def __getitem__(self, i: int):
         v = int(self.split.caption_video[i]) if self.mode == "train" else i
         path = self.split.video_paths[v]
+        if len(self.indices[v]) == 0:  # a pre-sampled file unlike its record (named already)
+            return None
         try:
-            frames = decode_clip(path, clip_frame_indices(self.split.video_info[v], self.cfg),
-                                 self.cfg.image_resolution)
+            frames = decode_clip(path, self.indices[v], self.cfg.image_resolution,
+                                 self.presampled)
         except DecodeError as e:
             log.warning("skipping video that failed to decode: %s", e)
             return None

@@ -44,8 +44,9 @@ import numpy as np
 import torch
 
 from .dali_loader import finish_batch, resize_size
-from .reference import CLIP_MEAN, CLIP_STD, DecodeError, clip_transform, decode_frames
-from .sampling import clip_frame_indices
+from .presampled import split_frames
+from .reference import (CLIP_MEAN, CLIP_STD, DecodeError, clip_transform, decode_frames,
+                        normalize_image)
 from .sharding import EpochPlan, EpochShard
 
 if TYPE_CHECKING:
@@ -166,13 +167,22 @@ def torchcodec_frames(path: str | Path, indices: np.ndarray,
         raise DecodeError(f"{path}: torchcodec: {str(e).splitlines()[0][:200]}") from None
 
 
-def pil_frames_to_clip(frames: torch.Tensor, resolution: int) -> torch.Tensor:
+def images_to_clip(images: list, resolution: int, presampled: bool = False) -> torch.Tensor:
+    """PIL images -> float32 (n, 3, R, R): the reference loader's transform (a pre-sampled
+    set's frames are R x R already: normalised only)."""
+    if presampled:
+        return torch.stack([normalize_image(im) for im in images])
+    return torch.stack([clip_transform(im, resolution) for im in images])
+
+
+def pil_frames_to_clip(frames: torch.Tensor, resolution: int,
+                       presampled: bool = False) -> torch.Tensor:
     """uint8 (n, 3, H, W) CPU frames -> float32 (n, 3, R, R) through the reference loader's
     PIL transform."""
     from PIL import Image
 
     hwc = frames.permute(0, 2, 3, 1).contiguous().numpy()
-    return torch.stack([clip_transform(Image.fromarray(f), resolution) for f in hwc])
+    return images_to_clip([Image.fromarray(f) for f in hwc], resolution, presampled)
 
 
 _MEAN = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)
@@ -217,11 +227,14 @@ class TorchcodecLoader(EpochShard):
         self.prefetch = data_cfg.prefetch
         self.resolution, self.max_frames = data_cfg.image_resolution, data_cfg.max_frames
         self.frame_order = data_cfg.train_frame_order if mode == "train" else data_cfg.eval_frame_order
-        self._indices = [clip_frame_indices(info, data_cfg) for info in split.video_info]
+        # (a pre-sampled set, presampled.py, is decoded whole and only normalised)
+        self._indices, self.presampled = split_frames(split, data_cfg)
         self.bad_videos: set[int] = set()
         for v, idx in enumerate(self._indices):
             if len(idx) == 0:
-                log.warning("skipping video with no frames to sample: %s", split.video_paths[v])
+                if not self.presampled:  # (split_frames named those already)
+                    log.warning("skipping video with no frames to sample: %s",
+                                split.video_paths[v])
                 self.bad_videos.add(v)
         self.pyav_fallbacks: set[int] = set()  # videos torchcodec could not read exactly
         self._lock = threading.Lock()
@@ -259,11 +272,10 @@ class TorchcodecLoader(EpochShard):
                 with self._lock:
                     self.bad_videos.add(v)
                 return None
-            clip = torch.stack([clip_transform(im, self.resolution) for im in images])
-            return clip.to(self.device)
+            return images_to_clip(images, self.resolution, self.presampled).to(self.device)
         if frames.device.type == "cuda":
             return tensor_frames_to_clip(frames, self.resolution)
-        return pil_frames_to_clip(frames, self.resolution).to(self.device)
+        return pil_frames_to_clip(frames, self.resolution, self.presampled).to(self.device)
 
     def _stack(self, clips: list[torch.Tensor]) -> torch.Tensor:
         r = self.resolution

@@ -1,0 +1,131 @@
+"""Small helpers every section uses: logging, statistics, formatting, machine facts."""
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import platform
+import time
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = "clip4clip-dali-benchmark/1"
+
+# Dense bf16 tensor-core peaks (TFLOP/s), from the vendors' data sheets. Matched on the name
+# torch reports, most specific first.
+PEAK_BF16_TFLOPS = [
+    ("H100 PCIe", 756.0), ("H100 NVL", 835.0), ("H100", 989.4), ("H200", 989.4), ("H800", 989.4),
+    ("GH200", 989.4), ("B200", 2250.0), ("A100", 312.0), ("A800", 312.0), ("L40S", 362.0),
+    ("L40", 181.0), ("L4", 121.0), ("A10", 125.0), ("RTX 4090", 165.2), ("RTX 3090", 71.0),
+]
+
+
+def log(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def stats(values) -> dict:
+    """median / p10 / p90 / min / max / n of a list of positive numbers."""
+    a = np.asarray(list(values), dtype=np.float64)
+    return {"median": float(np.median(a)), "p10": float(np.percentile(a, 10)),
+            "p90": float(np.percentile(a, 90)), "min": float(a.min()), "max": float(a.max()),
+            "n": int(a.size)}
+
+
+def na(reason: str, **fields) -> dict:
+    return {"status": "n/a", "reason": reason, **fields}
+
+
+def short_error(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text[:400]}" if text else type(e).__name__
+
+
+def fmt(x, digits=1):
+    if x is None:
+        return "n/a"
+    if abs(x) >= 1000:
+        return f"{x:,.0f}"
+    return f"{x:.{digits}f}"
+
+
+def fmt_stat(s, digits=1):
+    if not s:
+        return "n/a"
+    return f"{fmt(s['median'], digits)} ({fmt(s['p10'], digits)}–{fmt(s['p90'], digits)})"
+
+
+def status_text(row: dict) -> str:
+    return "ok" if row["status"] == "ok" else f"{row['status']}: {row.get('reason', '')}"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover
+        return os.cpu_count() or 1
+
+
+def versions() -> dict:
+    out = {"python": platform.python_version()}
+    for key, mod, attr in [("torch", "torch", "__version__"), ("torchvision", "torchvision", "__version__"),
+                           ("dali", "nvidia.dali", "__version__"), ("open_clip", "open_clip", "__version__"),
+                           ("pyav", "av", "__version__"), ("opencv", "cv2", "__version__"),
+                           ("numpy", "numpy", "__version__"), ("pillow", "PIL", "__version__"),
+                           ("clip4clip_dali", "clip4clip_dali", "__version__")]:
+        try:
+            m = __import__(mod, fromlist=["_"])
+            out[key] = str(getattr(m, attr, "installed"))
+        except Exception as e:
+            out[key] = f"n/a ({type(e).__name__})"
+    try:
+        import torch
+
+        out["cuda"] = torch.version.cuda
+    except Exception:
+        pass
+    return out
+
+
+def gpu_info() -> dict | None:
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return None
+        p = torch.cuda.get_device_properties(0)
+        return {"name": p.name, "count": torch.cuda.device_count(),
+                "memory_gib": round(p.total_memory / 2**30, 1),
+                "capability": f"{p.major}.{p.minor}", "multiprocessors": p.multi_processor_count}
+    except Exception as e:
+        return {"name": f"n/a ({short_error(e)})"}
+
+
+def peak_tflops(gpu: dict | None, override: float | None) -> tuple[float | None, str]:
+    if override:
+        return override, f"--peak-tflops {override}"
+    if not gpu:
+        return None, "CPU: no stated peak, MFU n/a"
+    name = gpu.get("name", "")
+    for key, value in PEAK_BF16_TFLOPS:
+        if key.lower() in name.lower():
+            return value, f"{key} dense bf16 data-sheet peak"
+    return None, f"unknown GPU {name!r}: pass --peak-tflops"
+
+
+def machine_name(gpu: dict | None) -> str:
+    date = _dt.date.today().isoformat()
+    if gpu and "n/a" not in gpu.get("name", "n/a"):
+        slug = gpu["name"].lower().replace("nvidia", "").strip().split()
+        return f"gpu-{'-'.join(slug[:2]) or 'cuda'}-{date}"
+    return f"cpu-{usable_cores()}core-{date}"
