@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one bounded run (~5 minutes on an H100/H200), for a lent machine with a
+# Every GPU check in one bounded run (~6.5 minutes on an H100/H200; under 8), for a lent machine with a
 # short time budget. From the repository root:   OUT=/dir bash benchmarks/gpu_all.sh
 #   1. GPU tests: DALI (NVDEC) against the reference loader; model GPU-only tests (fp16 modes).
 #   2. Loader benchmark on 3 fps 224p clips (VP9 and H.264): DALI-GPU, DALI CPU decode + GPU
@@ -7,6 +7,11 @@
 #      (benchmarks/dali_stages.py) with NVDEC and with the CPU decoder, to see where time goes.
 #   3. Step benchmark, ViT-B/32 meanP batch 128 x 12: eager fp32, eager amp_bf16, compiled
 #      amp_bf16 (model only), and compiled amp_bf16 fed by DALI-GPU (end to end).
+#   4. Decoders side by side (~1.5 min): DALI NVDEC, torchcodec CUDA and PyNvVideoCodec with 1/4/8/16
+#      threads, then the CPU decoders, on the real MSVD clips raw (H.264 AVI), 3 fps prepared and
+#      pre-sampled (benchmarks/suite/decoders_section.py). PyNvVideoCodec is installed from
+#      $PEER_WHEELS (a folder of wheels carried to the machine) when given; else its rows say
+#      "not installed".
 # benchmarks/gpu_suite.sh is the longer, complete version (with/without checkpointing).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -24,7 +29,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RES
 
 echo "== 1/3 GPU tests ($(( $(date +%s) - t0 )) s)"
 timeout -k 5 "${T_TESTS:-100}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
-  tests/test_dali_loader.py tests/test_frame_cache.py tests/test_model.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
+  tests/test_dali_loader.py tests/test_frame_cache.py tests/test_model.py tests/test_torchcodec_loader.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
   | tail -25 | tee "$RES/gpu_tests.log"
 rc=${PIPESTATUS[0]}; echo "gpu tests exit $rc"; [ "$rc" = 0 ] || status=1
 
@@ -50,7 +55,18 @@ timeout -k 5 "${T_STEP:-170}" $BENCH --name "$NAME-step" --sections step $DATA -
   --step-budget 15 > "$RES/$NAME-step.log" 2>&1
 rc=$?; tail -30 "$RES/$NAME-step.log"; echo "step exit $rc"; [ "$rc" = 0 ] || status=1
 
-python3 benchmarks/throughput.py --merge "$RES/$NAME-loader.json" "$RES/$NAME-step.json" \
+echo "== 4/4 decoders ($(( $(date +%s) - t0 )) s)"
+[ -n "${PEER_WHEELS:-}" ] && pip install -q --no-index --find-links "$PEER_WHEELS" PyNvVideoCodec
+MSVD=${REALDATA:-../shared/realdata}/mini_msvd
+if [ -d "$MSVD/MSVD_Videos" ]; then DEC_DATA="--data-path $MSVD/msvd_data --features-path $MSVD/MSVD_Videos --label msvd12"
+else DEC_DATA="$DATA --codecs h264 --videos 12"; fi
+timeout -k 5 "${T_DECODERS:-110}" $BENCH --name "$NAME-decoders" --sections decoders $DEC_DATA \
+  --prepare raw,3fps,presampled --decoders dali_nvdec,torchcodec_cuda,pynvc,torchcodec,pyav,dali_cpu,opencv \
+  --decoder-gpu-threads 1,4,8,16 --workers 8 --decoder-batch 2 --decoder-repeats 1 --decoder-budget 6 \
+  > "$RES/$NAME-decoders.log" 2>&1
+rc=$?; tail -30 "$RES/$NAME-decoders.log"; echo "decoders exit $rc"; [ "$rc" = 0 ] || status=1
+
+python3 benchmarks/throughput.py --merge "$RES/$NAME-loader.json" "$RES/$NAME-step.json" "$RES/$NAME-decoders.json" \
   --out "$RES" --name "$NAME" >/dev/null 2>&1 || status=1
 echo "== done in $(( $(date +%s) - t0 )) s (status $status)"
 exit $status
