@@ -7,9 +7,9 @@ installed and can decode every video of the split on that device (CPU: VP8, VP9,
 H.264, HEVC, VP8, VP9, AV1, MPEG-4 Part 2, each no smaller than NVDEC's minimum frame size for
 the codec, e.g. 128x128 for VP9 and AV1, see ``dali_loader.GPU_MIN_SIZE``; MJPEG is not
 decoded by DALI's GPU decoder; with ``data.dali_decoder: cpu`` a GPU run decodes on the CPU and
-the CPU's codecs apply), else torchcodec where it is installed (on 2 CPU cores it reads raw
-MSVD H.264 faster than PyAV: benchmarks/results/cpu-2core-2026-11-29-decoders.md), else the
-reference loader. The choice and its reason are logged once (logger ``clip4clip_dali``).
+the CPU's codecs apply), else, for batches on the CPU, torchcodec where it is installed (on 2
+CPU cores it reads raw MSVD H.264 faster than PyAV:
+benchmarks/results/cpu-2core-2026-11-29-decoders.md), else the reference loader. The choice and its reason are logged once (logger ``clip4clip_dali``).
 """
 from __future__ import annotations
 
@@ -59,8 +59,12 @@ def _where(device: torch.device) -> str:
     return "the GPU (NVDEC)" if device.type == "cuda" else "the CPU"
 
 
-def _without_dali(reason: str) -> tuple[str, str]:
-    """auto's choice where DALI cannot take the split: torchcodec if it loads, else PyAV."""
+def _without_dali(reason: str, out_device: torch.device) -> tuple[str, str]:
+    """auto's choice where DALI cannot take the split: on the CPU torchcodec if it loads (the
+    faster CPU decoder, measured), else PyAV; on a GPU the reference loader, as before (the
+    torchcodec loader's NVDEC path is not measured yet)."""
+    if out_device.type != "cpu":
+        return "reference", reason
     err = torchcodec_import_error()
     if err is None:
         return "torchcodec", f"{reason}; torchcodec decodes the split"
@@ -88,7 +92,8 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
             raise UserError(f"data.loader=dali, but NVIDIA DALI cannot be imported ({err}). "
                             f"Install it (pip install nvidia-dali-cuda130) or set "
                             f"data.loader=reference.")
-        return _without_dali(f"NVIDIA DALI is not installed ({err.splitlines()[0][:120]})")
+        return _without_dali(f"NVIDIA DALI is not installed ({err.splitlines()[0][:120]})",
+                             out_device)
     bad = undecodable(split, device)
     if bad:
         codec, files = max(bad.items(), key=lambda kv: len(kv[1]))
@@ -105,7 +110,7 @@ def choose_backend(choice: str, split: "MSVDSplit", device: torch.device,
                     + "or set data.loader=reference")
             raise UserError(f"data.loader=dali, but {what}: {hint}.")
         return _without_dali(f"{what}; run pipelines/prepare_msvd.py to transcode them for "
-                             f"DALI")
+                             f"DALI", out_device)
     codecs = Counter(normalize_codec(i.codec) for i in split.video_info)
     return "dali", (f"DALI decodes every codec of split {split.name} on {_where(device)} "
                     f"({', '.join(sorted(codecs))})" if choice == "auto" else "data.loader=dali")

@@ -149,22 +149,30 @@ def torchcodec_frames(path: str | Path, indices: np.ndarray,
         conventions = table.conventions()
         probe = ("dts" if "dts" in conventions else conventions[0], 0)
         decoder = open_with(probe)
-        label0 = int(_ticks(decoder.get_frames_at([0]).pts_seconds, table.time_base)[0])
+        first = decoder.get_frames_at([0])
+        label0 = int(_ticks(first.pts_seconds, table.time_base)[0])
         labelling = table.labelling(label0)
         if labelling is None:
             raise _Mismatch(f"frame 0 is labelled {label0}, which starts no table")
-        if labelling != probe:
-            decoder = open_with(labelling)
         stamps = table.stamps(*labelling)
         if idx[-1] >= len(stamps):
             raise _Mismatch(f"frame {idx[-1]} is past the {len(stamps)} packets")
-        batch = decoder.get_frames_at(idx)
-        got = _ticks(batch.pts_seconds, table.time_base)
-        if not np.array_equal(got, stamps[idx]):
+        if labelling != probe:
+            decoder, first = open_with(labelling), None
+        if first is not None and idx[0] == 0:  # frame 0 is decoded already
+            rest = decoder.get_frames_at(idx[1:]) if len(idx) > 1 else None
+            parts = [first] + ([rest] if rest is not None else [])
+            data = torch.cat([p.data for p in parts])
+            seconds = torch.cat([p.pts_seconds for p in parts])
+        else:
+            batch = decoder.get_frames_at(idx)
+            data, seconds = batch.data, batch.pts_seconds
+        if not np.array_equal(_ticks(seconds, table.time_base), stamps[idx]):
             raise _Mismatch("decoded frames carry other timestamps than requested")
-        return batch.data
-    except (_Mismatch, RuntimeError, ValueError, IndexError) as e:
-        raise DecodeError(f"{path}: torchcodec: {str(e).splitlines()[0][:200]}") from None
+        return data
+    except Exception as e:  # torchcodec's RuntimeErrors, our mismatches
+        msg = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        raise DecodeError(f"{path}: torchcodec: {msg}") from None
 
 
 def images_to_clip(images: list, resolution: int, presampled: bool = False) -> torch.Tensor:
