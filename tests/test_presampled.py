@@ -99,7 +99,7 @@ def test_real_msvd_presampled_equals_reference_on_the_source(real):
           f"{np.mean(d):.3f} (worst clip {max(d):.3f}), reference loader {np.mean(r):.3f} "
           f"(worst {max(r):.3f})")
     assert np.mean(d) <= 1.3 and max(d) <= 1.6  # measured 1.19, worst 1.48 (VP9 CRF 6)
-    assert np.mean(r) <= 1.85 and max(r) <= 2.3  # measured 1.70, worst 2.14 (PyAV chroma)
+    assert np.mean(r) <= 1.3 and max(r) <= 1.6  # the same (its yuv420_to_image is DALI's)
     # The record holds what CLIP4Clip samples from each source.
     rec = read_presampled(pre_cfg.features_path)
     for vid, info in zip(src.video_ids, src.video_info):
@@ -140,7 +140,8 @@ def test_frame_cache_and_reference_on_a_presampled_set_equal_dali(drawn):
         assert torch.allclose(a["video"], b["video"], atol=1e-4)
     ref = list(ReferenceLoader(split, cfg, "eval", 5, num_workers=0))[0]
     errors = per_video_mae(ref, list(DaliLoader(split, cfg, "eval", 5))[0])
-    assert max(errors) < 2.5  # the same files; PyAV's nearest-neighbour chroma against DALI's
+    print(f"\nreference loader vs DALI CPU on the same pre-sampled clips: worst {max(errors):.4f}/255")
+    assert max(errors) < 0.05  # the same files, the same colour conversion
 
 
 def test_a_config_sampling_otherwise_is_refused_before_any_work(drawn, monkeypatch):
