@@ -234,3 +234,37 @@ def test_cli_with_config_and_flags_h264_option(tmp_path, capsys):
     with pytest.raises(UserError, match="--presample writes h264 or vp9"):
         prep.main(["--presample", "--src", str(src), "--out", str(tmp_path / "m"),
                    "--codec", "mjpeg"])
+
+
+# ---- GPU (run by benchmarks/gpu_all.sh) --------------------------------------------------
+gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device for NVDEC")
+
+
+@pytest.mark.gpu
+@gpu
+@pytest.mark.parametrize("codec,decoder", [("vp9", "nvdec"), ("h264", "nvdec"), ("vp9", "cpu")])
+def test_gpu_on_presampled_real_msvd_equals_reference_on_the_source(real, tmp_path, codec,
+                                                                     decoder):
+    src_cfg, pre_cfg = real
+    if codec == "h264":
+        out = tmp_path / "h264"
+        assert presample(MINI_MSVD / "MSVD_Videos", out, src_cfg, workers=2,
+                         codec="h264")["presampled"] == 12
+        pre_cfg = DataConfig(**{**pre_cfg.__dict__, "features_path": str(out)})
+    src, pre = _all_videos("all", src_cfg), _all_videos("all", pre_cfg)
+    want = list(ReferenceLoader(src, src_cfg, "eval", 12, num_workers=0))[0]
+    dev = torch.device("cuda", 0)
+    for k in (1, 2):
+        cfg = DataConfig(**{**pre_cfg.__dict__, "dali_decoder": decoder, "dali_pipelines": k})
+        got = list(DaliLoader(pre, cfg, "eval", 6, device=dev))
+        assert all(b["video"].device.type == "cuda" for b in got)
+        merged = {key: torch.cat([b[key].cpu() for b in got]) for key in got[0]}
+        errors = per_video_mae(merged, want)
+        print(f"\n{codec} via {decoder}, {k} pipeline(s), pre-sampled real MSVD vs reference on "
+              f"the source: mean abs error {np.mean(errors):.3f}/255 (worst {max(errors):.3f})")
+        assert np.mean(errors) <= 1.5 and max(errors) <= 2.0
+    cached = CachedLoader(pre, cfg, "eval", 6, lambda d, r, n: DaliLoader(
+        pre, d, "eval", 6, rank=r, world_size=n, device=dev), device=dev)
+    for a, b in zip(cached, got):
+        assert torch.equal(a["video_mask"], b["video_mask"])
+        assert torch.allclose(a["video"], b["video"], atol=1e-4)
