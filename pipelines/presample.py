@@ -20,9 +20,9 @@ reference loader's own pixels from the source clips; DALI 2.4 CPU decoder, 2 sha
     DALI CPU frames/s    ~580  ~800  ~890  ~970  ~1000
 
 Even lossless VP9 is not exact (RGB -> 4:2:0 -> RGB). CRF 6 is the lowest-cost setting that
-keeps every clip within 1.5/255 on the DALI path. PyAV (the reference loader reading the
-pre-sampled clips) upsamples chroma by nearest neighbour and adds ~0.5/255 (1.70 at CRF 6, 1.44
-lossless). H.264 CRF 16 gives the same error through PyAV as VP9 CRF 6 (1.64).
+keeps every clip within 1.5/255 on the DALI path (the reference loader converts pre-sampled
+frames as DALI does: the same error). Through PyAV's own conversion (nearest-neighbour chroma,
+~0.5/255 more), H.264 CRF 16 gives the same error as VP9 CRF 6 (1.64 against 1.70).
 
 The output is written to a temporary file, verified (decodes to the expected number of R x R
 frames of the codec) and renamed into place, so an interrupted run is resumed by running it

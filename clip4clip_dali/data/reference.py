@@ -36,8 +36,33 @@ class DecodeError(RuntimeError):
     pass
 
 
-def decode_frames(path: str | Path, indices: np.ndarray) -> list:
-    """The frames at ``indices`` (sorted, counted in decode order) as RGB PIL images."""
+def yuv420_to_image(frame):
+    """An RGB PIL image of a yuv420p PyAV frame, chroma upsampled bilinearly (centre-sited) and
+    converted with BT.601 limited range, as DALI's decoder converts. (PyAV's ``to_image``
+    repeats each chroma sample instead: 0.5/255 further from the source on pre-sampled clips.)
+    Other pixel formats go through ``to_image``."""
+    if frame.format.name != "yuv420p":
+        return frame.to_image()
+    import torch.nn.functional as F
+    from PIL import Image
+
+    h, w = frame.height, frame.width
+
+    def plane(k, pw, ph):
+        p = frame.planes[k]
+        a = np.frombuffer(p, np.uint8).reshape(-1, p.line_size)[:ph, :pw]
+        return torch.from_numpy(a.astype(np.float32))
+
+    y = (plane(0, w, h) - 16) * 1.164383
+    uv = torch.stack([plane(1, (w + 1) // 2, (h + 1) // 2), plane(2, (w + 1) // 2, (h + 1) // 2)])
+    u, v = F.interpolate(uv[None], size=(h, w), mode="bilinear", align_corners=False)[0] - 128
+    rgb = torch.stack([y + 1.596027 * v, y - 0.391762 * u - 0.812968 * v, y + 2.017232 * u], -1)
+    return Image.fromarray(rgb.round_().clamp_(0, 255).to(torch.uint8).numpy())
+
+
+def decode_frames(path: str | Path, indices: np.ndarray, to_image=None) -> list:
+    """The frames at ``indices`` (sorted, counted in decode order) as RGB PIL images
+    (``to_image(frame)``; by default PyAV's own conversion)."""
     import av
 
     wanted = set(int(i) for i in indices)
@@ -49,7 +74,7 @@ def decode_frames(path: str | Path, indices: np.ndarray) -> list:
             stream.thread_type = "AUTO"
             for n, frame in enumerate(container.decode(stream)):
                 if n in wanted:
-                    frames[n] = frame.to_image()
+                    frames[n] = to_image(frame) if to_image else frame.to_image()
                 if n >= last:
                     break
     except (av.error.FFmpegError, IndexError, OSError) as e:
@@ -85,7 +110,7 @@ def decode_clip(path: str | Path, indices: np.ndarray, resolution: int,
                 presampled: bool = False) -> torch.Tensor:
     """Decoded and transformed frames at ``indices``: float32 (n, 3, R, R). ``presampled``:
     the frames are already R x R (a pre-sampled set), only normalised."""
-    images = decode_frames(path, indices)
+    images = decode_frames(path, indices, yuv420_to_image if presampled else None)
     if not images:
         raise DecodeError(f"{path}: no frame could be decoded")
     if presampled:

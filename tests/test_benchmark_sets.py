@@ -1,0 +1,107 @@
+"""The benchmark's clip sets and steady-state rules, beyond the --quick run.
+
+- ``--prepare 3fps,presampled``: one drawn set prepared both ways by pipelines/prepare_msvd.py,
+  measured in one run, with the pre-sampled/3 fps target computed from steady rows;
+- ``timing.summarise``: steady frames/s count only over enough batches, first batch apart;
+- the section registry: every section has the interface the CLI and the report call.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BENCH = REPO / "benchmarks"
+sys.path.insert(0, str(BENCH))
+
+from suite import sections, timing  # noqa: E402
+
+
+def test_presampled_and_3fps_sets_in_one_run(tmp_path):
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    proc = subprocess.run(
+        [sys.executable, str(BENCH / "throughput.py"), "--sections", "loader", "--device", "cpu",
+         "--loaders", "dali_cpu", "--prepare", "3fps,presampled", "--codecs", "vp9",
+         "--videos", "6", "--clip-size", "96x72", "--clip-seconds", "2", "5", "--max-frames", "4",
+         "--resolution", "32", "--loader-batch", "1", "--min-batches", "4", "--repeats", "1",
+         "--min-repeat-seconds", "0", "--cache-dir", str(tmp_path / "cache"),
+         "--out", str(tmp_path), "--name", "sets"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    doc = json.loads((tmp_path / "sets.json").read_text())
+    assert doc["errors"] == [], doc["errors"]
+    shapes = doc["loader"]["dataset_shapes"]
+    assert sorted(s["shape"] for s in shapes.values()) == ["3fps", "presampled"]
+    assert len({s["source"] for s in shapes.values()}) == 1  # the same clips, prepared twice
+    rows = {shapes[r["dataset"]]["shape"]: r for r in doc["loader"]["rows"]}
+    for shape, r in rows.items():
+        assert r["status"] == "ok", r
+        assert r["batches_per_pass"] == 6 and r["steady_valid"] is True, r
+        assert r["steady_frames_per_s"]["median"] > 0
+    # The pre-sampled clips hold exactly the frames sampled from the sources (their sidecar's
+    # count); the 3 fps copies may differ by a frame a clip (their length is rounded at 3 fps).
+    pre = next(d for d, s in shapes.items() if s["shape"] == "presampled")
+    sidecar = json.loads(next((tmp_path / "cache" / "prepared").glob(
+        "*presampled*/.clip4clip_presampled.json")).read_text())
+    assert rows["presampled"]["frames_per_pass"] == sum(
+        v["frames"] for v in sidecar["videos"].values())
+    assert abs(rows["presampled"]["frames_per_pass"] - rows["3fps"]["frames_per_pass"]) <= 6
+    assert doc["loader"]["dataset_info"][pre]["mean_frames"] <= 4
+    [t] = [t for t in doc["targets"] if "pre-sampled >= 2x" in t["target"]]
+    assert t["met"] in ("yes", "no") and "steady frames/s" in t["measured"], t
+    # Prepared copies are cached: a second run reuses them (no "preparing" line).
+    again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "preparing" not in again.stdout, again.stdout[-2000:]
+
+
+def _window(batches, passes=1, t=1.0, t_first=0.1, frames_per_batch=8):
+    f = batches * frames_per_batch * passes
+    return {"t": t * passes, "f": f, "c": batches * 2 * passes, "b": batches * passes,
+            "t1": (t - t_first) * passes, "f1": f - frames_per_batch * passes,
+            "c1": (batches - 1) * 2 * passes, "passes": passes, "first_batch_s": t_first * passes}
+
+
+def test_steady_needs_enough_batches():
+    ok = timing.summarise([_window(31), _window(31, t=1.2)], min_batches=30)
+    assert ok["steady_valid"] and "steady_note" not in ok
+    assert ok["steady_batches_per_pass"] == 30
+    assert ok["steady_frames_per_s"]["median"] == pytest.approx(
+        (30 * 8 / 0.9 + 30 * 8 / 1.1) / 2)
+    assert ok["first_batch_s"]["median"] == pytest.approx(0.1)
+    short = timing.summarise([_window(30)], min_batches=30)  # 29 after the first
+    assert not short["steady_valid"] and "latency" in short["steady_note"]
+    one = timing.summarise([_window(1)], min_batches=30)
+    assert one["steady_frames_per_s"] is None and not one["steady_valid"]
+
+
+def test_count_pass_separates_the_first_batch():
+    import torch
+
+    batches = [(torch.zeros(2, 4), torch.ones(2, 4)) for _ in range(5)]
+    r = timing.count_pass(iter(batches), lambda: None)
+    assert (r["b"], r["f"], r["f1"], r["c"], r["c1"]) == (5, 40, 32, 10, 8)
+    assert 0 <= r["first_batch_s"] <= r["t"] and r["t1"] <= r["t"]
+    with pytest.raises(RuntimeError, match="no batch"):
+        timing.count_pass(iter([]), lambda: None)
+
+
+def test_every_section_has_the_interface():
+    names = [s.NAME for s in sections.SECTIONS]
+    assert len(names) == len(set(names)) and {"loader", "step"} <= set(names)
+    for s in sections.SECTIONS:
+        for attr in ("DEFAULT", "QUICK", "add_args", "run", "markdown", "targets", "plot", "merge"):
+            assert hasattr(s, attr), (s.NAME, attr)
+        meta = {"device": "cpu", "gpu": None}
+        assert s.markdown({"meta": meta}) == [] and s.plot({"meta": meta}) is None
+        assert isinstance(s.targets({"meta": meta}), list)
+
+
+def test_unknown_section_is_refused():
+    p = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--sections", "nope"],
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == 2 and "unknown section" in p.stderr and "Traceback" not in p.stderr
