@@ -218,4 +218,5 @@ def test_presampled_set_equals_the_reference_loader(tmp_path):
     tc = TorchcodecLoader(split, pre, "eval", 2)
     assert tc.presampled
     a, b = next(iter(ReferenceLoader(split, pre, "eval", 2, num_workers=0))), next(iter(tc))
-    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(a[k], b[k]) for k in a)  # (read by PyAV, its conversion)
+    assert not tc.pyav_fallbacks

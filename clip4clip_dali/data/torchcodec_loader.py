@@ -24,6 +24,11 @@ Transform: on the CPU the frames go through the reference loader's own ``clip_tr
 On a GPU, frames decoded by NVDEC are resized in torch on the device (bicubic, antialiased,
 rounded to uint8 as PIL does), cropped and normalised there.
 
+A pre-sampled set (``presampled.py``: every frame of a file is a sample, already R x R) has
+nothing to seek past; its clips are decoded by PyAV with the reference loader's own colour
+conversion (bilinear chroma, as DALI), so batches equal the reference loader's there too
+(torchcodec's FFmpeg conversion differs from it by ~1.8/255 on small drawn clips).
+
 Batches, masks, frame order, shards, resume and broken files: as the DALI loader
 (``EpochPlan``, ``finish_batch``): a video neither decoder can read is logged, remembered and
 replaced by the next samples of the rank's order. Clips are decoded by ``data.torchcodec_threads``
@@ -46,7 +51,7 @@ import torch
 from .dali_loader import finish_batch, resize_size
 from .presampled import split_frames
 from .reference import (CLIP_MEAN, CLIP_STD, DecodeError, clip_transform, decode_frames,
-                        normalize_image)
+                        normalize_image, yuv420_to_image)
 from .sharding import EpochPlan, EpochShard
 
 if TYPE_CHECKING:
@@ -266,13 +271,16 @@ class TorchcodecLoader(EpochShard):
         None (logged, remembered) when neither torchcodec nor PyAV can read it."""
         path, idx = self.split.video_paths[v], self._indices[v]
         try:
+            if self.presampled:  # nothing to seek past: PyAV and the reference's conversion
+                raise DecodeError("pre-sampled")
             frames = torchcodec_frames(path, idx, self.device)
         except DecodeError as e:
-            log.debug("%s; decoding it with PyAV", e)
-            with self._lock:
-                self.pyav_fallbacks.add(v)
+            if not self.presampled:
+                log.debug("%s; decoding it with PyAV", e)
+                with self._lock:
+                    self.pyav_fallbacks.add(v)
             try:
-                images = decode_frames(path, idx)
+                images = decode_frames(path, idx, yuv420_to_image if self.presampled else None)
                 if len(images) < len(idx):
                     raise DecodeError(f"{path}: {len(images)} of {len(idx)} sampled frames")
             except DecodeError as e2:
