@@ -84,8 +84,11 @@ def measure(kind: str, threads: int, args, cfg, split, ctx) -> dict:
            "warmup_s": warm}
     if util and util.summary():
         out["nvdec_utilisation_pct"] = util.summary()
-    if hasattr(loader, "pyav_fallbacks"):
-        out["pyav_fallback_clips"] = len(loader.pyav_fallbacks)
+    if hasattr(loader, "pyav_fallbacks"):  # (videos of the set, not listings of them)
+        out["pyav_fallback_videos"] = len({str(split.video_paths[v])
+                                           for v in loader.pyav_fallbacks})
+    if getattr(loader, "presampled", False) and kind.startswith("torchcodec"):
+        out["note"] = "pre-sampled clips: the torchcodec loader reads them with PyAV"
     return out
 
 
@@ -154,8 +157,10 @@ def markdown(doc: dict) -> list[str]:
         u = r.get("nvdec_utilisation_pct")
         util = f"{u['mean']:.0f} / {u['max']:.0f}" if u else "–"
         note = status_text(r)
-        if r.get("pyav_fallback_clips"):
-            note += f" ({r['pyav_fallback_clips']} clips via PyAV)"
+        if r.get("pyav_fallback_videos"):
+            note += f" ({r['pyav_fallback_videos']} video(s) via PyAV)"
+        if r.get("note"):
+            note += f" ({r['note']})"
         lines.append(f"| {r['dataset']} | {NAMES.get(r['decoder'], r['decoder'])} | "
                      f"{r.get('threads', '–')} | {steady} | "
                      f"{fmt_stat(r.get('first_batch_s'), 2)} | {util} | {note} |")
