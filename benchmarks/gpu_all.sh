@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one bounded run (~6.5 minutes on an H100/H200; under 8), for a lent machine with a
+# Every GPU check in one bounded run (~6 minutes on an H100/H200; its timeouts sum to 8), for a lent machine with a
 # short time budget. From the repository root:   OUT=/dir bash benchmarks/gpu_all.sh
 #   1. GPU tests: DALI (NVDEC) against the reference loader; model GPU-only tests (fp16 modes).
 #   2. Loader benchmark on 3 fps 224p clips (VP9 and H.264): DALI-GPU, DALI CPU decode + GPU
@@ -7,9 +7,10 @@
 #      (benchmarks/dali_stages.py) with NVDEC and with the CPU decoder, to see where time goes.
 #   3. Step benchmark, ViT-B/32 meanP batch 128 x 12: eager fp32, eager amp_bf16, compiled
 #      amp_bf16 (model only), and compiled amp_bf16 fed by DALI-GPU (end to end).
-#   4. Decoders side by side (~1.5 min): DALI NVDEC, torchcodec CUDA and PyNvVideoCodec with 1/4/8/16
-#      threads, then the CPU decoders, on the real MSVD clips raw (H.264 AVI), 3 fps prepared and
-#      pre-sampled (benchmarks/suite/decoders_section.py). PyNvVideoCodec is installed from
+#   4. Decoders side by side (<= 70 s): DALI NVDEC, torchcodec CUDA and PyNvVideoCodec with
+#      1/4/8/16 threads on the real MSVD clips pre-sampled, 3 fps prepared and raw (H.264 AVI),
+#      31 clips a pass (benchmarks/suite/decoders_section.py; the CPU rows come from the CPU
+#      run, benchmarks/results/cpu-2core-2026-11-29-decoders.md). PyNvVideoCodec is installed from
 #      $PEER_WHEELS (a folder of wheels carried to the machine) when given; else its rows say
 #      "not installed".
 # benchmarks/gpu_suite.sh is the longer, complete version (with/without checkpointing).
@@ -60,9 +61,9 @@ echo "== 4/4 decoders ($(( $(date +%s) - t0 )) s)"
 MSVD=${REALDATA:-../shared/realdata}/mini_msvd
 if [ -d "$MSVD/MSVD_Videos" ]; then DEC_DATA="--data-path $MSVD/msvd_data --features-path $MSVD/MSVD_Videos --label msvd12"
 else DEC_DATA="$DATA --codecs h264 --videos 12"; fi
-timeout -k 5 "${T_DECODERS:-110}" $BENCH --name "$NAME-decoders" --sections decoders $DEC_DATA \
-  --prepare raw,3fps,presampled --decoders dali_nvdec,torchcodec_cuda,pynvc,torchcodec,pyav,dali_cpu,opencv \
-  --decoder-gpu-threads 1,4,8,16 --workers 8 --decoder-batch 2 --decoder-repeats 1 --decoder-budget 6 \
+timeout -k 5 "${T_DECODERS:-70}" $BENCH --name "$NAME-decoders" --sections decoders $DEC_DATA \
+  --prepare presampled,3fps,raw --decoders dali_nvdec,torchcodec_cuda,pynvc \
+  --decoder-gpu-threads 1,4,8,16 --workers 8 --decoder-batch 1 --decoder-repeats 1 --decoder-budget 3 \
   > "$RES/$NAME-decoders.log" 2>&1
 rc=$?; tail -30 "$RES/$NAME-decoders.log"; echo "decoders exit $rc"; [ "$rc" = 0 ] || status=1
 

@@ -1,7 +1,7 @@
 """``throughput.py --sections decoders``: the CPU dry run of the decoders table gpu_all.sh
-measures on a GPU (same decoders and flags, tiny clips): every decoder is a row, measured on
-the CPU or saying why not (no CUDA device, not installed, a codec DALI cannot read), and the
-side-by-side table is printed."""
+measures on a GPU (its GPU decoders and thread sweep, plus the CPU decoders, tiny clips): every
+decoder is a row, measured on the CPU or saying why not (no CUDA device, not installed, a codec
+DALI cannot read), and the side-by-side table is printed."""
 from __future__ import annotations
 
 import json
@@ -13,7 +13,8 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-DECODERS = ["dali_nvdec", "torchcodec_cuda", "pynvc", "torchcodec", "pyav", "dali_cpu", "opencv"]
+GPU_DECODERS = ["dali_nvdec", "torchcodec_cuda", "pynvc"]
+DECODERS = GPU_DECODERS + ["torchcodec", "pyav", "dali_cpu", "opencv"]
 
 
 def _gpu_all_decoders_flags() -> list[str]:
@@ -23,7 +24,7 @@ def _gpu_all_decoders_flags() -> list[str]:
 
 
 def test_decoders_section_cpu_dry_run(tmp_path):
-    assert _gpu_all_decoders_flags() == DECODERS
+    assert _gpu_all_decoders_flags() == GPU_DECODERS
     env = dict(os.environ, CLIP4CLIP_BENCH_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
     cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu",
            "--sections", "decoders", "--out", str(tmp_path), "--name", "dry",
