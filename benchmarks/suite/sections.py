@@ -13,10 +13,11 @@ A section is a module with:
 """
 from __future__ import annotations
 
-from . import loader_section, step_section
+from . import loader_section, step_section, train_section
 
 SECTIONS = [
     loader_section,
     step_section,
+    train_section,
 ]
 BY_NAME = {s.NAME: s for s in SECTIONS}
