@@ -1,73 +1,129 @@
 #!/usr/bin/env bash
-# Every GPU check in one bounded run (~6 minutes on an H100/H200; its timeouts sum to 8), for a lent machine with a
-# short time budget. From the repository root:   OUT=/dir bash benchmarks/gpu_all.sh
-#   1. GPU tests: DALI (NVDEC) against the reference loader; model GPU-only tests (fp16 modes).
-#   2. Loader benchmark on 3 fps 224p clips (VP9 and H.264): DALI-GPU, DALI CPU decode + GPU
-#      resize, DALI-CPU, reference, original; then the DALI graph cut after each stage
-#      (benchmarks/dali_stages.py) with NVDEC and with the CPU decoder, to see where time goes.
-#   3. Step benchmark, ViT-B/32 meanP batch 128 x 12: eager fp32, eager amp_bf16, compiled
-#      amp_bf16 (model only), and compiled amp_bf16 fed by DALI-GPU (end to end).
-#   4. Decoders side by side (<= 70 s): DALI NVDEC, torchcodec CUDA and PyNvVideoCodec with
-#      1/4/8/16 threads on the real MSVD clips pre-sampled, 3 fps prepared and raw (H.264 AVI),
-#      31 clips a pass (benchmarks/suite/decoders_section.py; the CPU rows come from the CPU
-#      run, benchmarks/results/cpu-2core-2026-11-29-decoders.md). PyNvVideoCodec is installed from
-#      $PEER_WHEELS (a folder of wheels carried to the machine) when given; else its rows say
-#      "not installed".
-# benchmarks/gpu_suite.sh is the longer, complete version (with/without checkpointing).
+# Every GPU check in one bounded run, under 8 minutes on one H100/H200. From the repository root:
+#
+#   OUT=/dir bash benchmarks/gpu_all.sh                # on the GPU machine
+#   OUT=/dir bash benchmarks/gpu_all.sh --device cpu   # dry run: small sizes, CPU, ~1-2 minutes
+#
+# Stages, each under its own timeout (T_* seconds), each writing as it goes; a merged report
+# $OUT/<gpu>-<date>.{json,md,png} with the targets block at the end:
+#   0. tests:    every GPU test (pytest -m gpu; on the CPU they are skipped with their reason).
+#   1. data:     drawn 320x240 29.97 fps clips (VP9 and H.264), prepared by
+#                pipelines/prepare_msvd.py at 3 fps (298x224) and pre-sampled (224x224); cached.
+#   2. nvdec:    steady NVDEC frames/s, 3 fps vs pre-sampled, VP9 and H.264, K = 1/2/4 DALI
+#                pipelines (data.dali_pipelines); the frame cache serving batches on the GPU.
+#   3. widths:   NVDEC on 3 fps clips drawn 298x224 against 304x224 (298 is not a multiple of
+#                16, 304 is), VP9 and H.264, K = 1 and 4.
+#   4. cpudec:   DALI's CPU decoder with $CPU_THREADS threads feeding the GPU (dali_hybrid), and
+#                DALI CPU, on 3 fps and pre-sampled VP9.
+#   5. step:     ViT-B/32 meanP 128 x 12: compiled amp_bf16 (model only), and
+#                compiled fed by the frame cache and by NVDEC on pre-sampled clips (data wait).
+#   6. train:    a short real training run (section train: python -m clip4clip_dali.train,
+#                frame cache, pre-sampled clips, train.compile=auto), its data-wait share.
+#   7. decoders: DALI NVDEC, torchcodec CUDA and PyNvVideoCodec, 1/4/8/16 threads, on the 12
+#                real MSVD clips pre-sampled, 3 fps and raw (H.264 AVI), 31 clips a pass
+#                (section decoders; its CPU rows: benchmarks/results/cpu-2core-*-decoders.md).
+#                PyNvVideoCodec comes from $PEER_WHEELS (wheels carried to the machine) if set,
+#                else its rows say "not installed". Dry run: the drawn H.264 set of stage 1.
+# Needs on the GPU machine: torch (CUDA), nvidia-dali-cuda130, av, open_clip_torch, ftfy, pytest
+# (../shared/device/README.md: how DALI gets there). Nothing is downloaded.
+# Loader rows count as throughput only with >= MIN_BATCHES batches a pass after the first.
 set -uo pipefail
 cd "$(dirname "$0")/.."
-RES=${OUT:-benchmarks/results/gpu}
-mkdir -p "$RES"
+DEVICE=cuda
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --device=*) DEVICE=${1#*=}; shift ;;
+    *) echo "usage: bash benchmarks/gpu_all.sh [--device cuda|cpu]" >&2; exit 2 ;;
+  esac
+done
+PY=${PYTHON:-python3}
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+if [ "$DEVICE" = cpu ]; then  # dry run: every stage, tiny sizes
+  RES=${OUT:-/tmp/clip4clip-gpu-all-dry}
+  : "${VIDEOS:=6}" "${BATCH:=1}" "${MIN_BATCHES:=4}" "${FRAMES:=4}" "${RES_PX:=32}" \
+    "${STEP_BATCH:=4}" "${CPU_THREADS:=2}" "${TRAIN_STEPS:=4}" \
+    "${STEP_WARMUP:=1}" "${STEP_ITERS:=2}"
+  SIZE_A=96x72; SIZE_298=90x64; SIZE_304=96x64; SECONDS_RANGE="2 4"; WORKERS=2; KS=1,2
+  STEP_MODEL="--tiny"; VARIANT=eager_fp32  # compiling takes minutes on a CPU
+  NAME=${NAME:-dry-run-cpu}
+else
+  RES=${OUT:-benchmarks/results/gpu}
+  : "${VIDEOS:=256}" "${BATCH:=8}" "${MIN_BATCHES:=30}" "${FRAMES:=12}" "${RES_PX:=224}" \
+    "${STEP_BATCH:=128}" "${CPU_THREADS:=16}" "${TRAIN_STEPS:=40}" \
+    "${STEP_WARMUP:=3}" "${STEP_ITERS:=8}"
+  SIZE_A=320x240; SIZE_298=298x224; SIZE_304=304x224; SECONDS_RANGE="3 8"; WORKERS=8; KS=1,2,4
+  STEP_MODEL="--model ViT-B-32 --sim-header meanP"; VARIANT=compiled_amp_bf16
+  GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z ' 'a-z-' | sed 's/nvidia-//; s/[^a-z0-9-]//g')
+  NAME=${NAME:-gpu-${GPU:-cuda}-$(date -u +%Y-%m-%d)}
+fi
 export CLIP4CLIP_BENCH_CACHE=${CLIP4CLIP_BENCH_CACHE:-/tmp/clip4clip-bench}
-GPU=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1 | tr 'A-Z ' 'a-z-' | sed 's/nvidia-//; s/[^a-z0-9-]//g')
-NAME=${NAME:-gpu-${GPU:-cuda}-$(date -u +%Y-%m-%d)}
-BENCH="python3 benchmarks/throughput.py --device cuda --out $RES"
-DATA="--clip-size 298x224 --clip-fps 3 --gop 3 --clip-seconds 2 20 --videos ${VIDEOS:-96} --max-frames 12"
+mkdir -p "$RES"
+BENCH="$PY benchmarks/throughput.py --device $DEVICE --out $RES --videos $VIDEOS --max-frames $FRAMES \
+  --resolution $RES_PX --clip-seconds $SECONDS_RANGE --loader-batch $BATCH --min-batches $MIN_BATCHES \
+  --repeats 2 --min-repeat-seconds 0.5 --loader-budget ${T_ROW:-6}"
 status=0
 t0=$(date +%s)
-nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RES/env.txt"
+parts=()
+stage() {  # stage NAME TIMEOUT CMD...: run under a timeout, log, keep the status
+  local name=$1 limit=$2; shift 2
+  echo "== $name ($(( $(date +%s) - t0 )) s)"
+  timeout -k 5 "$limit" "$@" > "$RES/$NAME-$name.log" 2>&1
+  local rc=$?
+  grep -E "^\[bench|passed|failed|skipped|error|Error|data wait" "$RES/$NAME-$name.log" | tail -40
+  echo "$name exit $rc"; [ "$rc" = 0 ] || status=1
+  [ -f "$RES/$NAME-$name.json" ] && parts+=("$RES/$NAME-$name.json")
+  return 0
+}
+{ date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
+  uptime; } > "$RES/env.txt"; cat "$RES/env.txt"
 
-echo "== 1/3 GPU tests ($(( $(date +%s) - t0 )) s)"
-timeout -k 5 "${T_TESTS:-100}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
-  tests/test_dali_loader.py tests/test_frame_cache.py tests/test_model.py tests/test_torchcodec_loader.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
-  | tail -25 | tee "$RES/gpu_tests.log"
-rc=${PIPESTATUS[0]}; echo "gpu tests exit $rc"; [ "$rc" = 0 ] || status=1
+stage tests "${T_TESTS:-65}" $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests \
+  --junitxml="$RES/$NAME-gpu_tests.xml"
 
-echo "== 2/3 loader ($(( $(date +%s) - t0 )) s)"
-timeout -k 5 "${T_LOADER:-80}" $BENCH --name "$NAME-loader" --sections loader $DATA \
-  --codecs vp9,h264 --loaders dali_gpu,dali_hybrid,dali_cpu,reference,cache,original --workers 8 \
-  --loader-batch 64 --repeats 2 --min-repeat-seconds 1 --loader-budget 8 \
-  > "$RES/$NAME-loader.log" 2>&1
-rc=$?; tail -30 "$RES/$NAME-loader.log"; echo "loader exit $rc"; [ "$rc" = 0 ] || status=1
+# Builds (and caches) the sets stages 2, 4, 5 and 6 read; --loaders "" measures nothing.
+stage data "${T_DATA:-75}" $BENCH --name "$NAME-data" --sections loader --loaders "" \
+  --codecs vp9,h264 --clip-size $SIZE_A --prepare 3fps,presampled --workers $WORKERS
 
-echo "== 2b/3 DALI graph stages, NVDEC and CPU decoder ($(( $(date +%s) - t0 )) s)"
-SET=$(ls -d "$CLIP4CLIP_BENCH_CACHE"/vp9-"${VIDEOS:-96}"v-298x224-3fps-* 2>/dev/null | head -1)
-for dec in nvdec cpu; do
-  [ -n "$SET" ] && timeout -k 5 "${T_STAGES:-30}" python3 benchmarks/dali_stages.py \
-    --features-path "$SET/videos" --device cuda --decoder "$dec" --threads 8 --batch 64 \
-    --seconds 2 --out "$RES/$NAME-stages-$dec.json" 2>&1 | grep -v "^\[" | tail -8
+stage nvdec "${T_NVDEC:-95}" $BENCH --name "$NAME-nvdec" --sections loader --codecs vp9,h264 \
+  --clip-size $SIZE_A --prepare presampled,3fps --loaders dali_gpu,cache --dali-pipelines $KS \
+  --workers $WORKERS
+
+# Like with like: clips drawn at 3 fps (keyframe each second) at each width, VP9 and H.264.
+stage widths "${T_WIDTHS:-40}" bash -c "for size in $SIZE_298 $SIZE_304; do $BENCH \
+  --name $NAME-widths-\$size --sections loader --codecs vp9,h264 --clip-size \$size --clip-fps 3 \
+  --gop 3 --loaders dali_gpu --dali-pipelines 1,${KS##*,} --workers $WORKERS || exit 1; done"
+for size in $SIZE_298 $SIZE_304; do
+  [ -f "$RES/$NAME-widths-$size.json" ] && parts+=("$RES/$NAME-widths-$size.json")
 done
 
-echo "== 3/3 step ($(( $(date +%s) - t0 )) s)"
-timeout -k 5 "${T_STEP:-170}" $BENCH --name "$NAME-step" --sections step $DATA --codecs vp9 \
-  --model ViT-B-32 --sim-header meanP --step-batch 128 --ckpt "${CKPT:-off}" --workers 8 \
-  --e2e-variants compiled_amp_bf16 --e2e-loaders dali_gpu,dali_hybrid,cache --step-warmup 3 --step-iters 8 \
-  --step-budget 15 > "$RES/$NAME-step.log" 2>&1
-rc=$?; tail -30 "$RES/$NAME-step.log"; echo "step exit $rc"; [ "$rc" = 0 ] || status=1
+stage cpudec "${T_CPUDEC:-30}" $BENCH --name "$NAME-cpudec" --sections loader --codecs vp9 \
+  --clip-size $SIZE_A --prepare 3fps,presampled --loaders dali_hybrid,dali_cpu \
+  --workers "$CPU_THREADS"
 
-echo "== 4/4 decoders ($(( $(date +%s) - t0 )) s)"
-[ -n "${PEER_WHEELS:-}" ] && pip install -q --no-index --find-links "$PEER_WHEELS" PyNvVideoCodec
-MSVD=${REALDATA:-../shared/realdata}/mini_msvd
-if [ -d "$MSVD/MSVD_Videos" ]; then DEC_DATA="--data-path $MSVD/msvd_data --features-path $MSVD/MSVD_Videos --label msvd12"
-else DEC_DATA="$DATA --codecs h264 --videos 12"; fi
-timeout -k 5 "${T_DECODERS:-70}" $BENCH --name "$NAME-decoders" --sections decoders $DEC_DATA \
+# The e2e rows read the first set: pre-sampled VP9 ($SIZE_A source).
+stage step "${T_STEP:-100}" $BENCH --name "$NAME-step" --sections step --codecs vp9 \
+  --clip-size $SIZE_A --prepare presampled $STEP_MODEL --step-batch "$STEP_BATCH" --ckpt off \
+  --variants $VARIANT --e2e-variants $VARIANT \
+  --e2e-loaders cache,dali_gpu --workers $WORKERS --step-warmup "$STEP_WARMUP" --step-iters "$STEP_ITERS" --step-budget 20
+
+stage train "${T_TRAIN:-60}" $BENCH --name "$NAME-train" --sections train --codecs vp9 \
+  --clip-size $SIZE_A --prepare presampled $STEP_MODEL --step-batch "$STEP_BATCH" \
+  --train-steps "$TRAIN_STEPS" --train-timeout "$(( ${T_TRAIN:-60} - 10 ))" --workers $WORKERS
+
+if [ "$DEVICE" = cpu ] || [ ! -d "${REALDATA:-../shared/realdata}/mini_msvd/MSVD_Videos" ]; then
+  DEC_DATA="--codecs h264 --clip-size $SIZE_A"
+else
+  MSVD=${REALDATA:-../shared/realdata}/mini_msvd
+  DEC_DATA="--data-path $MSVD/msvd_data --features-path $MSVD/MSVD_Videos --label msvd12"
+fi
+[ -n "${PEER_WHEELS:-}" ] && $PY -m pip install -q --no-index --find-links "$PEER_WHEELS" PyNvVideoCodec
+stage decoders "${T_DECODERS:-45}" $BENCH --name "$NAME-decoders" --sections decoders $DEC_DATA \
   --prepare presampled,3fps,raw --decoders dali_nvdec,torchcodec_cuda,pynvc \
-  --decoder-gpu-threads 1,4,8,16 --workers 8 --decoder-batch 1 --decoder-repeats 1 --decoder-budget 3 \
-  > "$RES/$NAME-decoders.log" 2>&1
-rc=$?; tail -30 "$RES/$NAME-decoders.log"; echo "decoders exit $rc"; [ "$rc" = 0 ] || status=1
+  --decoder-gpu-threads 1,4,8,16 --decoder-batch 1 --decoder-min-batches "$MIN_BATCHES" \
+  --decoder-repeats 1 --decoder-budget 2 --workers $WORKERS
 
-python3 benchmarks/throughput.py --merge "$RES/$NAME-loader.json" "$RES/$NAME-step.json" "$RES/$NAME-decoders.json" \
-  --out "$RES" --name "$NAME" >/dev/null 2>&1 || status=1
-echo "== done in $(( $(date +%s) - t0 )) s (status $status)"
+$PY benchmarks/throughput.py --merge "${parts[@]}" --out "$RES" --name "$NAME" > /dev/null 2>&1 \
+  || status=1
+echo "== done in $(( $(date +%s) - t0 )) s (status $status): $RES/$NAME.md"
 exit $status

@@ -1,7 +1,7 @@
 """The benchmark's clip sets and steady-state rules, beyond the --quick run.
 
 - ``--prepare 3fps,presampled``: one drawn set prepared both ways by pipelines/prepare_msvd.py,
-  measured in one run, with the pre-sampled/3 fps target computed from steady rows;
+  measured in one run (``--interleave``: the rows' windows in turn), with the pre-sampled/3 fps target computed from steady rows;
 - ``timing.summarise``: steady frames/s count only over enough batches, first batch apart;
 - the section registry: every section has the interface the CLI and the report call.
 """
@@ -29,12 +29,13 @@ def test_presampled_and_3fps_sets_in_one_run(tmp_path):
          "--loaders", "dali_cpu", "--prepare", "3fps,presampled", "--codecs", "vp9",
          "--videos", "6", "--clip-size", "96x72", "--clip-seconds", "2", "5", "--max-frames", "4",
          "--resolution", "32", "--loader-batch", "1", "--min-batches", "4", "--repeats", "1",
-         "--min-repeat-seconds", "0", "--cache-dir", str(tmp_path / "cache"),
+         "--min-repeat-seconds", "0", "--interleave", "--cache-dir", str(tmp_path / "cache"),
          "--out", str(tmp_path), "--name", "sets"],
         cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     doc = json.loads((tmp_path / "sets.json").read_text())
     assert doc["errors"] == [], doc["errors"]
+    assert doc["loader"]["config"]["interleaved"] is True
     shapes = doc["loader"]["dataset_shapes"]
     assert sorted(s["shape"] for s in shapes.values()) == ["3fps", "presampled"]
     assert len({s["source"] for s in shapes.values()}) == 1  # the same clips, prepared twice

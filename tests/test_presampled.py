@@ -58,7 +58,7 @@ def drawn(tmp_path_factory):
     root = tmp_path_factory.mktemp("presampled_drawn")
     data, videos = make_dataset(root, DRAWN)
     cfg = DataConfig(data_path=str(data), features_path=str(videos), max_frames=6,
-                     image_resolution=32, dali_threads=1)
+                     image_resolution=32, dali_threads=1, train_frame_order=2)  # shuffled
     out = root / "presampled"
     summary = presample(videos, out, cfg, workers=2)
     assert (summary["presampled"], summary["failed"]) == (len(DRAWN), 0)

@@ -31,9 +31,13 @@ def add_args(p) -> None:
     g.add_argument("--min-batches", type=int, default=timing.MIN_STEADY_BATCHES,
                    help="steady batches a pass (after the first) for a row to count as throughput")
     g.add_argument("--loader-budget", type=float, default=120.0, help="seconds per loader row")
+    g.add_argument("--interleave", action="store_true",
+                   help="build every row first, then take the rows' timed windows in turn (fair "
+                        "ratios on a shared machine; all loaders are alive at once)")
 
 
-def measure_loader(kind: str, args, cfg, split, has_cuda: bool, pipelines: int = 1) -> dict:
+def loader_row(kind: str, args, cfg, split, has_cuda: bool, pipelines: int = 1):
+    """(the row's fields, a function running one timed pass), or (an n/a row, None)."""
     row = {"backend": kind, "workers": args.workers, "batch_size": args.loader_batch,
            "clips": split.num_videos}
     if kind in DALI_KINDS:
@@ -42,7 +46,7 @@ def measure_loader(kind: str, args, cfg, split, has_cuda: bool, pipelines: int =
         row["filled_by"] = cache_filler(split, has_cuda)
     reason = unsupported_reason(kind, split, has_cuda)
     if reason:
-        return {**row, **na(reason)}
+        return {**row, **na(reason)}, None
     import torch
 
     sync = torch.cuda.synchronize if on_gpu(kind, split, has_cuda) else (lambda: None)
@@ -69,10 +73,20 @@ def measure_loader(kind: str, args, cfg, split, has_cuda: bool, pipelines: int =
             loader.set_epoch(epoch[0])
             epoch[0] += 1
             return timing.count_pass(((b["video"], b["video_mask"]) for b in loader), sync)
+    return row, run_pass
 
+
+def finished(row: dict, windows: list, warm: float, min_batches: int) -> dict:
+    return {**row, "status": "ok", **timing.summarise(windows, min_batches), "warmup_s": warm}
+
+
+def measure_loader(kind: str, args, cfg, split, has_cuda: bool, pipelines: int = 1) -> dict:
+    row, run_pass = loader_row(kind, args, cfg, split, has_cuda, pipelines)
+    if run_pass is None:
+        return row
     windows, warm = timing.time_passes(run_pass, args.repeats, args.min_repeat_seconds,
                                        args.loader_budget)
-    return {**row, "status": "ok", **timing.summarise(windows, args.min_batches), "warmup_s": warm}
+    return finished(row, windows, warm, args.min_batches)
 
 
 def _describe(sec: dict, label: str, split) -> None:
@@ -87,16 +101,9 @@ def _describe(sec: dict, label: str, split) -> None:
                                f"{np.mean(frames):.0f} frames on average")
 
 
-def run(ctx) -> None:
-    args, rep = ctx.args, ctx.rep
-    kinds = [k.strip() for k in args.loaders.split(",") if k.strip()]
-    pipelines = [int(k) for k in str(args.dali_pipelines).split(",") if k.strip()]
-    sec = rep.doc.setdefault(NAME, {"config": {
-        "max_frames": args.max_frames, "resolution": args.resolution, "batch": args.loader_batch,
-        "workers": args.workers, "repeats": args.repeats,
-        "min_repeat_seconds": args.min_repeat_seconds, "min_steady_batches": args.min_batches,
-        "dali_pipelines": pipelines, "backends": kinds},
-        "datasets": {}, "rows": []})
+def _jobs(args, sec, rep):
+    """(label, kind, K, cfg, split) of every row, in table order."""
+    pipelines = sec["config"]["dali_pipelines"]
     for ds in datasets(args):
         label = ds["label"]
         sec["datasets"][label] = ds["note"]
@@ -107,22 +114,52 @@ def run(ctx) -> None:
         except Exception as e:
             rep.error(f"loader [{label}] dataset", e)
             continue
-        for kind in kinds:
+        for kind in sec["config"]["backends"]:
             for k in (pipelines if kind in DALI_KINDS else [None]):
-                where = f"{kind}" + (f" K={k}" if k and len(pipelines) > 1 else "")
-                log(f"loader {where} on {label} ...")
-                try:
-                    kcfg = cfg if k in (None, cfg.data.dali_pipelines) else \
-                        load_bench_split(args, ds["data_path"], ds["features_path"], args.split,
-                                         [f"data.dali_pipelines={k}"])[0]
-                    row = measure_loader(kind, args, kcfg, split, ctx.has_cuda, k or 1)
-                except Exception as e:
-                    traceback.print_exc()
-                    row = {"backend": kind, "status": "error", "reason": short_error(e)}
-                row["dataset"] = label
-                sec["rows"].append(row)
-                _log_row(where, row)
-                rep.flush()
+                kcfg = cfg if k in (None, cfg.data.dali_pipelines) else load_bench_split(
+                    args, ds["data_path"], ds["features_path"], args.split,
+                    [f"data.dali_pipelines={k}"])[0]
+                yield label, kind, k, kcfg, split
+
+
+def run(ctx) -> None:
+    args, rep = ctx.args, ctx.rep
+    pipelines = [int(k) for k in str(args.dali_pipelines).split(",") if k.strip()]
+    sec = rep.doc.setdefault(NAME, {"config": {
+        "max_frames": args.max_frames, "resolution": args.resolution, "batch": args.loader_batch,
+        "workers": args.workers, "repeats": args.repeats,
+        "min_repeat_seconds": args.min_repeat_seconds, "min_steady_batches": args.min_batches,
+        "dali_pipelines": pipelines, "interleaved": args.interleave,
+        "backends": [k.strip() for k in args.loaders.split(",") if k.strip()]},
+        "datasets": {}, "rows": []})
+    pending = []  # --interleave: rows built, timed together at the end
+    for label, kind, k, cfg, split in _jobs(args, sec, rep):
+        where = f"{kind}" + (f" K={k}" if k and len(pipelines) > 1 else "") + f" on {label}"
+        log(f"loader {where} ...")
+        try:
+            if args.interleave:
+                row, run_pass = loader_row(kind, args, cfg, split, ctx.has_cuda, k or 1)
+                if run_pass is not None:
+                    pending.append((where, {**row, "dataset": label}, run_pass))
+                    continue
+            else:
+                row = measure_loader(kind, args, cfg, split, ctx.has_cuda, k or 1)
+        except Exception as e:
+            traceback.print_exc()
+            row = {"backend": kind, "status": "error", "reason": short_error(e)}
+        _add(rep, sec, where, {**row, "dataset": label})
+    if pending:
+        log(f"timing {len(pending)} rows in turn ...")
+        timed = timing.interleave([p[2] for p in pending], args.repeats, args.min_repeat_seconds,
+                                  args.loader_budget)
+        for (where, row, _), (windows, warm) in zip(pending, timed):
+            _add(rep, sec, where, finished(row, windows, warm, args.min_batches))
+
+
+def _add(rep, sec, where: str, row: dict) -> None:
+    sec["rows"].append(row)
+    _log_row(where, row)
+    rep.flush()
 
 
 def _log_row(where: str, row: dict) -> None:

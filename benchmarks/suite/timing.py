@@ -34,28 +34,50 @@ def count_pass(batches, sync) -> dict:
             "f1": frames - first[1], "c1": clips - first[2], "first_batch_s": first[0]}
 
 
+def warm_up(run_pass) -> float:
+    """One untimed pass (pipeline build, worker start, caches); returns its seconds."""
+    t0 = time.perf_counter()
+    run_pass()
+    return time.perf_counter() - t0
+
+
+def window(run_pass, min_seconds: float, deadline: float) -> dict:
+    """Whole passes until ``min_seconds`` of them (or ``deadline``); their sums."""
+    acc = {"t": 0.0, "f": 0, "c": 0, "b": 0, "t1": 0.0, "f1": 0, "c1": 0, "passes": 0,
+           "first_batch_s": 0.0}
+    while True:
+        for k, v in run_pass().items():
+            acc[k] += v
+        acc["passes"] += 1
+        if acc["t"] >= min_seconds or time.perf_counter() > deadline:
+            return acc
+
+
 def time_passes(run_pass, repeats: int, min_seconds: float, budget_s: float):
     """Warm-up pass, then ``repeats`` timed windows of whole passes (each at least
-    ``min_seconds``). Returns (per-window sums of run_pass's dicts, warm-up seconds)."""
-    t0 = time.perf_counter()
-    run_pass()  # warm-up: pipeline build, worker start, caches
-    warm = time.perf_counter() - t0
+    ``min_seconds``). Returns (the windows' sums of run_pass's dicts, warm-up seconds)."""
+    warm = warm_up(run_pass)
+    deadline = time.perf_counter() + budget_s
     windows = []
-    start = time.perf_counter()
     for _ in range(repeats):
-        acc = {"t": 0.0, "f": 0, "c": 0, "b": 0, "t1": 0.0, "f1": 0, "c1": 0, "passes": 0,
-               "first_batch_s": 0.0}
-        while True:
-            r = run_pass()
-            for k, v in r.items():
-                acc[k] += v
-            acc["passes"] += 1
-            if acc["t"] >= min_seconds or time.perf_counter() - start > budget_s:
-                break
-        windows.append(acc)
-        if time.perf_counter() - start > budget_s:
+        windows.append(window(run_pass, min_seconds, deadline))
+        if time.perf_counter() > deadline:
             break
     return windows, warm
+
+
+def interleave(run_passes: list, repeats: int, min_seconds: float, budget_s: float):
+    """Like ``time_passes`` for several loaders at once, their windows taken in turn (on a
+    shared machine a load change then falls on all of them alike, not on one row)."""
+    warm = [warm_up(r) for r in run_passes]
+    deadline = time.perf_counter() + budget_s * len(run_passes)
+    windows: list[list] = [[] for _ in run_passes]
+    for _ in range(repeats):
+        for w, r in zip(windows, run_passes):
+            w.append(window(r, min_seconds, deadline))
+        if time.perf_counter() > deadline:
+            break
+    return list(zip(windows, warm))
 
 
 def summarise(windows: list[dict], min_batches: int = MIN_STEADY_BATCHES) -> dict:
