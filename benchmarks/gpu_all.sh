@@ -19,8 +19,9 @@
 #                compiled fed by the frame cache and by NVDEC on pre-sampled clips (data wait).
 #   6. train:    a short real training run (section train: python -m clip4clip_dali.train,
 #                frame cache, pre-sampled clips, train.compile=auto), its data-wait share.
-#   7. decoders: DALI NVDEC, torchcodec CUDA and PyNvVideoCodec, 1/4/8/16 threads, on the 12
-#                real MSVD clips pre-sampled, 3 fps and raw (H.264 AVI), 31 clips a pass
+#   7. decoders: torchcodec CUDA, PyNvVideoCodec and DALI NVDEC (last: DALI users report hangs
+#                on AVI), 1/4/8/16 threads, on the 12 real MSVD clips pre-sampled, 3 fps and
+#                raw (H.264 AVI), 31 clips a pass
 #                (section decoders; its CPU rows: benchmarks/results/cpu-2core-*-decoders.md).
 #                PyNvVideoCodec comes from $PEER_WHEELS (wheels carried to the machine) if set,
 #                else its rows say "not installed". Dry run: the drawn H.264 set of stage 1.
@@ -119,7 +120,7 @@ else
 fi
 [ -n "${PEER_WHEELS:-}" ] && $PY -m pip install -q --no-index --find-links "$PEER_WHEELS" PyNvVideoCodec
 stage decoders "${T_DECODERS:-45}" $BENCH --name "$NAME-decoders" --sections decoders $DEC_DATA \
-  --prepare presampled,3fps,raw --decoders dali_nvdec,torchcodec_cuda,pynvc \
+  --prepare presampled,3fps,raw --decoders torchcodec_cuda,pynvc,dali_nvdec \
   --decoder-gpu-threads 1,4,8,16 --decoder-batch 1 --decoder-min-batches "$MIN_BATCHES" \
   --decoder-repeats 1 --decoder-budget 2 --workers $WORKERS
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-GPU_DECODERS = ["dali_nvdec", "torchcodec_cuda", "pynvc"]
+GPU_DECODERS = ["torchcodec_cuda", "pynvc", "dali_nvdec"]
 DECODERS = GPU_DECODERS + ["torchcodec", "pyav", "dali_cpu", "opencv"]
 
 
