@@ -182,7 +182,7 @@ def main(argv=None) -> int:
               f"{'the GPU (NVDEC)' if decoder_dev.type == 'cuda' else 'the CPU (VP8, VP9, MJPEG)'}",
               file=sys.stderr)
         return 2
-    from throughput import cpu_model, usable_cores, versions
+    from suite.common import cpu_model, usable_cores, versions
 
     meta = {"features_path": str(args.features_path), "clips": len(data),
             "codecs": sorted({d[4] for d in data}),

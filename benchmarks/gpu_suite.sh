@@ -42,7 +42,7 @@ t0=$(date +%s)
 echo "== 1/2 loader ($(date -u +%T))"
 timeout -k 10 "${T_LOADER:-150}" $BENCH --name "$NAME-loader" --sections loader $DATA \
   --codecs vp9,h264 --loaders dali_gpu,dali_hybrid,dali_cpu,reference,cache,original --workers "$WORKERS" \
-  --loader-batch 64 --repeats 3 --min-repeat-seconds 1 --loader-budget 12 \
+  --loader-batch 16 --repeats 3 --min-repeat-seconds 1 --loader-budget 12 \
   2>&1 | tee "$RES/$NAME-loader.log" | grep --line-buffered -E "^\[bench|Error|error"
 rc=${PIPESTATUS[0]}; echo "loader exit $rc"; [ "$rc" = 0 ] || status=1
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -17,7 +18,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_gpu_all_dry_run_on_cpu(tmp_path):
     env = dict(os.environ, OUT=str(tmp_path / "out"), CLIP4CLIP_BENCH_CACHE=str(tmp_path / "cache"),
-               PYTHON=os.environ.get("PYTHON", "python"))
+               PYTHON=sys.executable)
     p = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_all.sh"), "--device", "cpu"],
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = tmp_path / "out"

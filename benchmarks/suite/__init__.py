@@ -7,7 +7,7 @@ Modules, one job each:
   made by ``pipelines/prepare_msvd.py``), and the config/split built on them.
 - ``loaders``: builds each loader row's loader and says why a backend cannot read a set.
 - ``timing``: timed passes over a loader; steady state over enough batches, first batch apart.
-- ``loader_section`` / ``step_section``: one section each (see ``sections``).
+- ``loader_section`` / ``step_section`` / ``train_section``: one section each (``sections``).
 - ``step_runner``: one training-step measurement (model, optimizer, compiled or eager).
 - ``report``: the JSON document, its markdown and PNG, merging runs.
 - ``sections``: the registry of sections, the one place a new section is added.

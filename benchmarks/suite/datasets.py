@@ -50,6 +50,8 @@ def add_args(p) -> None:
     g.add_argument("--prepare-codec", default="auto",
                    help="codec of the prepared copies: vp9, h264 or auto (the source's when it "
                         "is vp9/h264, else vp9)")
+    g.add_argument("--presample-crf", type=int, default=None,
+                   help="quality of the pre-sampled copies (prepare_msvd.py --crf; default its own)")
     g.add_argument("--max-frames", type=int, default=12)
     g.add_argument("--resolution", type=int, default=224)
     g.add_argument("--workers", type=int, default=2, help="DataLoader workers = DALI threads")
@@ -154,10 +156,13 @@ def prepared_copy(args, src_videos: Path, src_key: str, shape: str, codec: str) 
     pm = _prepare_module()
     sampling = Sampling.from_config(make_cfg(args, None, None).data)
     if shape == "presampled":
-        opts = pm.Options(codec=codec, crf=None, presample=sampling)
+        crf = args.presample_crf
+        opts = pm.Options(codec=codec, crf=crf, presample=sampling)
         tag = (f"presampled-{codec}-r{sampling.image_resolution}-m{sampling.max_frames}"
-               f"-ff{sampling.feature_framerate}-sp{sampling.slice_framepos}")
-        how = f"pre-sampled ({sampling.describe()}), {codec}"
+               f"-ff{sampling.feature_framerate}-sp{sampling.slice_framepos}"
+               + ("" if crf is None else f"-crf{crf}"))
+        how = (f"pre-sampled ({sampling.describe()}), {codec}, "
+               + ("default CRF" if crf is None else f"CRF {crf}"))
     else:
         opts = pm.Options(short_side=args.resolution, fps=3.0, codec=codec)
         tag = f"3fps-{codec}-s{args.resolution}"
@@ -247,7 +252,9 @@ def datasets(args) -> list[dict]:
                 out.append({**src, "source": src["label"], "shape": "raw"})
                 continue
             fp, how = prepared_copy(args, src["features_path"], src["key"], shape, codec)
-            out.append({**src, "label": f"{src['label']}:{shape}-{codec}", "source": src["label"],
+            crf = f"-crf{args.presample_crf}" if shape == "presampled" and \
+                args.presample_crf is not None else ""
+            out.append({**src, "label": f"{src['label']}:{shape}-{codec}{crf}", "source": src["label"],
                         "shape": shape, "codec": codec, "features_path": fp,
                         "note": f"{src['note']}; {how}"})
     return out
