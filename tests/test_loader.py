@@ -89,6 +89,15 @@ def test_reference_when_asked_or_dali_missing(datasets, monkeypatch):
         choose_backend("dali", split, torch.device("cpu"))
 
 
+def test_explicit_torchcodec_without_it_is_a_user_error(datasets, monkeypatch):
+    cfg = _cfg(datasets["h264"], loader="torchcodec")
+    split = load_split(cfg.data, "test")
+    assert choose_backend("torchcodec", split, torch.device("cpu"))[0] == "torchcodec"
+    monkeypatch.setattr(loader_mod, "torchcodec_import_error", lambda: "ImportError: none")
+    with pytest.raises(UserError, match="pip install torchcodec.*apt-get install ffmpeg"):
+        build_loader(cfg, split, "eval")
+
+
 def test_per_rank_batch_and_world_size(datasets):
     cfg = _cfg(datasets["vp9"], batch_size=4)
     split = load_split(cfg.data, "train")
