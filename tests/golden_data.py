@@ -20,6 +20,7 @@ import lzma
 import sys
 import zlib
 from dataclasses import dataclass
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
 
@@ -93,16 +94,37 @@ def _sha256(path: Path) -> str:
 
 # ------------------------------------------------------------------------------ source
 @lru_cache(maxsize=1)
-def source() -> str:
-    """'shared' when ../shared/golden holds exactly the files the vendored copy came from."""
+def shared_identical() -> bool:
+    """Whether ../shared/golden holds exactly the files the vendored copy came from."""
     manifest = json.loads((VENDORED / "manifest.json").read_text())
     if not SHARED.is_dir():
-        return "vendored"
+        return False
     for name, digest in manifest["sha256"].items():
         f = SHARED / name
         if not f.is_file() or _sha256(f) != digest:
-            return "vendored"
-    return "shared"
+            return False
+    return True
+
+
+_active: list[str] = []
+
+
+def source() -> str:
+    """'shared' or 'vendored': the one ``use`` set, else shared when identical."""
+    if _active:
+        return _active[-1]
+    return "shared" if shared_identical() else "vendored"
+
+
+@contextmanager
+def use(src: str):
+    if src not in ("shared", "vendored") or (src == "shared" and not shared_identical()):
+        raise ValueError(f"golden source {src!r} is not available")
+    _active.append(src)
+    try:
+        yield
+    finally:
+        _active.pop()
 
 
 def _shared(name: str):
@@ -122,30 +144,42 @@ def _expect_sampled(tensors: dict) -> dict[str, Expected]:
     return out
 
 
-@lru_cache(maxsize=None)
 def clip_state() -> dict[str, torch.Tensor]:
+    return _clip_state(source())
+
+
+@lru_cache(maxsize=None)
+def _clip_state(src: str) -> dict[str, torch.Tensor]:
     """The tiny CLIP in OpenAI's names, float32."""
-    if source() == "shared":
+    if src == "shared":
         return _shared("clip_tiny.pt")
     return {k: v.float() for k, v in _read(VENDORED / "clip_tiny.xz").items()}
 
 
-@lru_cache(maxsize=None)
 def inputs() -> dict[str, torch.Tensor]:
-    return _shared("inputs.pt") if source() == "shared" else _read(VENDORED / "inputs.xz")
+    return _inputs(source())
 
 
 @lru_cache(maxsize=None)
+def _inputs(src: str) -> dict[str, torch.Tensor]:
+    return _shared("inputs.pt") if src == "shared" else _read(VENDORED / "inputs.xz")
+
+
 def case(name: str) -> dict:
+    return _case(name, source())
+
+
+@lru_cache(maxsize=None)
+def _case(name: str, src: str) -> dict:
     """config, init_*, state_extra (None when not available), text_feat, video_feat, sim,
     loss, grads (name -> Expected) and grad_max (the largest gradient of the model)."""
-    if source() == "shared":
+    if src == "shared":
         d = _shared(f"case_{name}.pt")
         d["grad_max"] = max(float(g.abs().max()) for g in d["grads"].values())
         d["grads"] = _expect_all(d["grads"])
         return d
     d = _read(VENDORED / f"case_{name}.xz")
-    d["init_from_clip"] = {k: case(v[len("same as case "):])["init_from_clip"][k]
+    d["init_from_clip"] = {k: _case(v[len("same as case "):], src)["init_from_clip"][k]
                            if isinstance(v, str) else v.float()
                            for k, v in d["init_from_clip"].items()}
     d["grads"] = {k: Expected(v, d["grad_absmax"][k], sample_index(k, d["grad_numel"][k]))
@@ -153,9 +187,13 @@ def case(name: str) -> dict:
     return d
 
 
-@lru_cache(maxsize=None)
 def trajectory() -> dict:
-    if source() == "shared":
+    return _trajectory(source())
+
+
+@lru_cache(maxsize=None)
+def _trajectory(src: str) -> dict:
+    if src == "shared":
         d = _shared("optim_trajectory.pt")
         d["final_state_dict"] = _expect_all(d["final_state_dict"])
         return d
@@ -166,9 +204,13 @@ def trajectory() -> dict:
     return d
 
 
-@lru_cache(maxsize=None)
 def tokens() -> dict:
-    return _shared("tokens.pt") if source() == "shared" else _read(VENDORED / "tokens.xz")
+    return _tokens(source())
+
+
+@lru_cache(maxsize=None)
+def _tokens(src: str) -> dict:
+    return _shared("tokens.pt") if src == "shared" else _read(VENDORED / "tokens.xz")
 
 
 # ------------------------------------------------------------------------------ our model

@@ -18,6 +18,10 @@ from clip4clip_dali import checkpoint as ckpt
 from clip4clip_dali.model import original_names as on
 
 CASES = list(G.CASES)
+# Both sources run where ../shared/golden is present (CI), so the vendored copy is exercised too.
+SOURCES = ["vendored"] + (["shared"] if G.shared_identical() else [])
+CASE_SOURCES = [(n, s) for n in CASES for s in SOURCES
+                if not (s == "vendored" and n in G.NOT_VENDORED and "shared" in SOURCES)]
 
 
 @pytest.fixture(autouse=True)
@@ -104,10 +108,11 @@ def _needs_weights(name: str) -> None:
 
 
 # ------------------------------------------------------------------------------ the cases
-@pytest.mark.parametrize("name", CASES)
-def test_case_matches_original(tmp_path, name):
-    _needs_weights(name)
-    result = run_case(name, loaded_model(tmp_path, name))
+@pytest.mark.parametrize("name,src", CASE_SOURCES)
+def test_case_matches_original(tmp_path, name, src):
+    with G.use(src):
+        _needs_weights(name)
+        result = run_case(name, loaded_model(tmp_path, name))
     assert result == {k: None for k in result}, result
 
 
@@ -134,9 +139,11 @@ def init_mismatches(model, name: str) -> list[str]:
     return bad
 
 
+@pytest.mark.parametrize("src", SOURCES)
 @pytest.mark.parametrize("name", CASES)
-def test_init_from_clip_matches_original(tmp_path, name):
-    assert init_mismatches(G.build_model(tmp_path, name), name) == []
+def test_init_from_clip_matches_original(tmp_path, name, src):
+    with G.use(src):
+        assert init_mismatches(G.build_model(tmp_path, name), name) == []
 
 
 # ------------------------------------------------------------------------------ optimiser
@@ -189,8 +196,10 @@ def run_trajectory(tmp_path) -> dict[str, str | None]:
     return out
 
 
-def test_optimizer_trajectory_matches_original(tmp_path):
-    result = run_trajectory(tmp_path)
+@pytest.mark.parametrize("src", SOURCES)
+def test_optimizer_trajectory_matches_original(tmp_path, src):
+    with G.use(src):
+        result = run_trajectory(tmp_path)
     assert result == {k: None for k in result}, result
 
 
@@ -204,9 +213,11 @@ def token_mismatches() -> list[str]:
             if not (torch.equal(ids[i], t["input_ids"][i]) and torch.equal(mask[i], t["input_mask"][i]))]
 
 
-def test_tokenizer_matches_original_ids():
-    assert token_mismatches() == []
-    assert int(G.tokens()["segment_ids"].abs().sum()) == 0  # ours has none: all zeros there
+@pytest.mark.parametrize("src", SOURCES)
+def test_tokenizer_matches_original_ids(src):
+    with G.use(src):
+        assert token_mismatches() == []
+        assert int(G.tokens()["segment_ids"].abs().sum()) == 0  # ours has none: all zeros
 
 
 # ------------------------------------------------------------------------------ sources
@@ -219,6 +230,8 @@ def test_vendored_copy_is_the_shared_set():
     assert clip["token_embedding.weight"].shape == (500, 128)
     if not (G.SHARED / "clip_tiny.pt").is_file():
         return
+    assert G.shared_identical(), (f"{G.SHARED} changed since tests/golden was built from it; "
+                                  f"rebuild the copy: python tests/golden_data.py build")
     shared_clip = G._shared("clip_tiny.pt")
     assert all(torch.equal(clip[k], shared_clip[k]) for k in shared_clip)
     assert set(clip) == set(shared_clip)
