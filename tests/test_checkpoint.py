@@ -267,3 +267,41 @@ def test_export_cli_and_original_recall_on_the_tiny_set(tmp_path):
 
         res = evaluate_split(m, cfg, split, DistInfo(), loader=[b], tokenizer=tokenizer)
         assert res["plain"] == retrieval_metrics(g["sim"], [0, 1, 2, 3]), case_name
+
+
+def test_original_checkpoint_through_the_clis(tmp_path):
+    """Our weights exported to the original's format evaluate with the evaluate CLI to the
+    same metrics as ours, and start a run through train.init_model (the demo model, with the
+    seqTransf head so names and position rows are mapped)."""
+    import json
+
+    from clip4clip_dali.config import load_config
+    from clip4clip_dali.data.synthetic import generate_dataset
+    from clip4clip_dali.model import CLIP4Clip
+    from test_train import check, run_train, tiny_args
+
+    data = tmp_path / "data"
+    generate_dataset(data, 12, codec="vp9", seed=2, min_seconds=2.0, max_seconds=3.0)
+    out = tmp_path / "run"
+    args = tiny_args(data, out, "model.sim_header=seqTransf", "model.cross_num_hidden_layers=2")
+    cfg = load_config(args[1], [a for a in args[2:] if a != "--set"])
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = CLIP4Clip.from_config(cfg.model, cfg.data.max_words, cfg.data.max_frames)
+    ours = ckpt.save_weights(tmp_path / "best.pt", model, cfg.to_dict())
+    orig32, orig = tmp_path / "pytorch_model.bin.32", tmp_path / "pytorch_model.bin.0"
+    for path, dtype in ((orig32, "float32"), (orig, "original")):
+        ckpt.main(["export-original", str(ours), str(path), "--dtype", dtype])
+    exported = torch.load(orig, weights_only=True)
+    assert exported["clip.visual.conv1.weight"].dtype == torch.float16
+    assert exported["frame_position_embeddings.weight"].shape[0] == 16  # the demo's context
+    results = []
+    for ck in (ours, orig32):
+        check(run_train(args + ["--checkpoint", str(ck), "--split", "test"],
+                        module="clip4clip_dali.evaluate"))
+        results.append(json.loads((out / "eval_test.json").read_text())["plain"])
+    assert results[0] == results[1]
+    check(run_train(tiny_args(data, tmp_path / "run2", "train.max_steps=1",
+                              "model.sim_header=seqTransf", "model.cross_num_hidden_layers=2",
+                              f"train.init_model={orig}")))
