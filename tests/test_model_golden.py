@@ -147,15 +147,14 @@ def test_init_from_clip_matches_original(tmp_path, name, src):
 
 
 # ------------------------------------------------------------------------------ optimiser
-def run_trajectory(tmp_path) -> dict[str, str | None]:
-    """Five steps through Trainer.train_step with the trajectory's hyper-parameters."""
+def golden_trainer(tmp_path):
+    """(Trainer, model, optimizer) with the trajectory's hyper-parameters and weights."""
     from clip4clip_dali.config import Config
     from clip4clip_dali.distributed import DistInfo
     from clip4clip_dali.engine import Trainer
     from clip4clip_dali.optim import build_optimizer
 
-    t = G.trajectory()
-    hp = t["hparams"]
+    hp = G.trajectory()["hparams"]
     cfg = Config()
     tc = cfg.train
     tc.optimizer, tc.schedule, tc.precision = "bertadam", hp["schedule"], "fp32"
@@ -168,6 +167,14 @@ def run_trajectory(tmp_path) -> dict[str, str | None]:
     opt, sched = build_optimizer(tc, model, hp["t_total"])
     trainer = Trainer(cfg, DistInfo(), model, model, opt, sched, None, None, None, None,
                       total_steps=hp["t_total"])
+    return trainer, model, opt
+
+
+def run_trajectory(tmp_path) -> dict[str, str | None]:
+    """Five steps through Trainer.train_step with the trajectory's hyper-parameters."""
+    t = G.trajectory()
+    hp = t["hparams"]
+    trainer, model, opt = golden_trainer(tmp_path)
     names = {id(p): on.to_original_name(n) for n, p in model.named_parameters()}
     out: dict[str, str | None] = {}
     frozen = sorted(f"clip.{n}" for n in model.frozen_names)
@@ -201,6 +208,17 @@ def test_optimizer_trajectory_matches_original(tmp_path, src):
     with G.use(src):
         result = run_trajectory(tmp_path)
     assert result == {k: None for k in result}, result
+
+
+def test_trainer_step_clamps_the_logit_scale(tmp_path):
+    """The clamp never triggers in the five golden steps; the same step code clamps at ln 100."""
+    import math
+
+    trainer, model, _opt = golden_trainer(tmp_path)
+    with torch.no_grad():
+        model.clip.logit_scale.fill_(5.0)
+    trainer.train_step(G.batch(), False)  # the first rate is 0: only the clamp moves it
+    assert float(model.clip.logit_scale) == pytest.approx(math.log(100))
 
 
 # ------------------------------------------------------------------------------ tokenizer
