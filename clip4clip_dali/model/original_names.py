@@ -49,7 +49,6 @@ _FP16 = re.compile(r"^clip\.(.*(conv1|conv2)\.weight|.*\.attn\.(in_proj_weight|i
 _TEXT_POS = "clip.positional_embedding"
 _FRAME_POS = "frame_position_embeddings.weight"
 _CROSS_POS = "cross.embeddings.position_embeddings.weight"
-_FIX = "--set"
 
 
 class OriginalCheckpointError(UserError):
@@ -116,18 +115,18 @@ def check_fits(sd: Mapping[str, torch.Tensor], *, sim_header: str, linear_patch:
         raise OriginalCheckpointError(
             f"{source}: this checkpoint was trained with sim_header {theirs} (it holds "
             f"{example}) but model.sim_header is {sim_header}; set model.sim_header: {theirs} "
-            f"({_FIX} model.sim_header={theirs}).")
+            f"(--set model.sim_header={theirs}).")
     has_conv2 = "clip.visual.conv2.weight" in sd
     if has_conv2 and linear_patch != "3d":
         raise OriginalCheckpointError(
             f"{source}: this checkpoint has a 3d patch embedding (clip.visual.conv2.weight) but "
             f"model.linear_patch is {linear_patch}; set model.linear_patch: 3d "
-            f"({_FIX} model.linear_patch=3d).")
+            f"(--set model.linear_patch=3d).")
     if not has_conv2 and linear_patch == "3d":
         raise OriginalCheckpointError(
             f"{source}: model.linear_patch is 3d but this checkpoint has no "
             f"clip.visual.conv2.weight (it was trained with the 2d patch); set "
-            f"model.linear_patch: 2d ({_FIX} model.linear_patch=2d).")
+            f"model.linear_patch: 2d (--set model.linear_patch=2d).")
     prefix = {"seqTransf": "transformerClip.resblocks.",
               "tightTransf": "cross.transformer.resblocks."}.get(theirs)
     if prefix is not None:
@@ -136,7 +135,7 @@ def check_fits(sd: Mapping[str, torch.Tensor], *, sim_header: str, linear_patch:
             raise OriginalCheckpointError(
                 f"{source}: this checkpoint's {theirs} head has {n} layers ({prefix}0..{n - 1}) "
                 f"but model.cross_num_hidden_layers is {cross_layers}; set "
-                f"model.cross_num_hidden_layers: {n} ({_FIX} model.cross_num_hidden_layers={n}).")
+                f"model.cross_num_hidden_layers: {n} (--set model.cross_num_hidden_layers={n}).")
     _rows(sd, _TEXT_POS, max_words, "data.max_words", "lower data.max_words", source)
     if theirs == "seqTransf":
         _rows(sd, _FRAME_POS, max_frames, "data.max_frames", "lower data.max_frames", source)
