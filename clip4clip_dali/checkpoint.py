@@ -171,11 +171,28 @@ def save_weights(path: str | Path, model, config: dict, extra: dict | None = Non
                         "config": config, "extra": extra or {}}, path)
 
 
+def _original_format(sd: dict, target: torch.nn.Module, path) -> dict:
+    """An original CLIP4Clip state dict (``pytorch_model.bin.N``) in our names, checked against
+    the configured model (UserError naming the fix when it does not fit)."""
+    from .model import original_names as on
+
+    if not on.is_original(sd) or not hasattr(target, "sim_header"):
+        return sd
+    head = target.head
+    blocks = getattr(head, "transformerClip", None) or getattr(head, "transformer", None)
+    return on.from_original(sd, sim_header=target.sim_header, linear_patch=target.linear_patch,
+                            max_words=target.max_words, max_frames=target.max_frames,
+                            cross_layers=len(blocks.resblocks) if blocks is not None else 0,
+                            source=f"checkpoint {path}")
+
+
 def load_model_weights(model: torch.nn.Module, path: str | Path, strict: bool = True) -> dict:
-    """Load weights only into ``model`` (``init_model``, evaluation). Returns the checkpoint."""
+    """Load weights only into ``model`` (``init_model``, evaluation): our checkpoints, or a
+    plain state dict in the original CLIP4Clip's names. Returns the checkpoint."""
     obj = load(path)
-    sd = model_state(obj)
+    _refuse_original_optimizer(obj, path, "train.init_model / --checkpoint")
     target = unwrap(model)
+    sd = _original_format(model_state(obj), target, path)
     try:
         missing, unexpected = target.load_state_dict(sd, strict=strict)
     except RuntimeError as e:
@@ -183,3 +200,83 @@ def load_model_weights(model: torch.nn.Module, path: str | Path, strict: bool = 
                               f"check that model.name, model.sim_header and the other model "
                               f"options match those it was trained with.") from None
     return obj
+
+
+def _refuse_original_optimizer(obj: dict, path, use: str) -> None:
+    if "optimizer_state_dict" in obj and "format" not in obj:
+        raise CheckpointError(
+            f"checkpoint {path} is an optimizer state written by the original CLIP4Clip "
+            f"(pytorch_opt.bin.N); it cannot be used for {use}. Resume works within our format "
+            f"(latest.pt); to continue from the original's run, start from its weights with "
+            f"train.init_model=<its pytorch_model.bin.N> (a new optimizer state).")
+
+
+def load_for_resume(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
+    """A full checkpoint of ours (``latest.pt``) for ``--resume``; anything else is refused
+    with the fix."""
+    obj = load(path, map_location=map_location)
+    _refuse_original_optimizer(obj, path, "--resume")
+    if not all(k in obj for k in ("model", "optimizer", "scheduler", "step")):
+        raise CheckpointError(
+            f"checkpoint {path} holds weights only (no optimizer or step), so a run cannot "
+            f"resume from it; pass it as train.init_model to start a new run from its "
+            f"weights, or resume from a latest.pt written by clip4clip_dali.train.")
+    return obj
+
+
+# ------------------------------------------------------------------------------ export
+def _context_length(config: dict, default: int) -> int:
+    model = (config or {}).get("model") or {}
+    try:
+        from .model.backbone import resolve_model_config
+
+        cfg = resolve_model_config(model["name"], model.get("open_clip_config"))
+        return int(cfg["text_cfg"].get("context_length", default))
+    except Exception:  # noqa: BLE001 - no or unknown config: the caller's default
+        return default
+
+
+def export_original(src: str | Path, out: str | Path, dtype: str = "original",
+                    context_length: int | None = None) -> Path:
+    """Write our checkpoint ``src`` as the original CLIP4Clip's ``pytorch_model.bin``: its
+    names, CLIP's conv/linear/attention weights in float16, positions padded to the CLIP text
+    context (77 for OpenAI's CLIP) read from the checkpoint's config."""
+    from .model import original_names as on
+
+    obj = load(src)
+    sd = model_state(obj)
+    if not any(k.startswith("clip.") for k in sd) or on.is_original(sd) and any(
+            k.startswith(on.HEAD_PREFIXES) for k in sd):
+        raise CheckpointError(f"checkpoint {src} is not a clip4clip_dali model checkpoint "
+                              f"(no clip.* weights, or already in the original's names).")
+    ctx = context_length or _context_length(obj.get("config"), 77)
+    orig = on.to_original(sd, context_length=ctx, dtype=dtype)
+    return atomic_save(orig, out)
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    p = argparse.ArgumentParser(prog="python -m clip4clip_dali.checkpoint",
+                                description="Checkpoint tools.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("export-original", help="write CKPT in the original CLIP4Clip's names "
+                       "and dtypes (load it there as pytorch_model.bin.N / --init_model)")
+    e.add_argument("checkpoint", help="best.pt, latest.pt or a weights file of ours")
+    e.add_argument("out", help="output file, e.g. pytorch_model.bin.0")
+    e.add_argument("--dtype", choices=("original", "float32"), default="original",
+                   help="original: CLIP's conv/linear/attention weights float16, as the "
+                        "original saves them (default); float32: everything float32, lossless")
+    e.add_argument("--context-length", type=int, default=None,
+                   help="rows of the position tables (default: the CLIP text context from the "
+                        "checkpoint's config, else 77)")
+    args = p.parse_args(argv)
+    path = export_original(args.checkpoint, args.out, args.dtype, args.context_length)
+    print(f"wrote {path} (the original CLIP4Clip's names, dtype {args.dtype})")
+    return 0
+
+
+if __name__ == "__main__":
+    from .errors import run_cli
+
+    run_cli(main)

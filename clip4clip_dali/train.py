@@ -179,7 +179,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                       val_split, None, total_steps, val_loader=val_loader)
     resume_path = resolve_resume(cfg, resume)
     if resume_path is not None:
-        obj = ckpt.load(resume_path, map_location=info.device)
+        obj = ckpt.load_for_resume(resume_path, map_location=info.device)
         _warn_config_change(obj.get("config") or {}, cfg.to_dict())
         trainer.load_state(obj)
         log.info("resumed from %s at epoch %d, step %d (batch %d of the epoch)", resume_path,

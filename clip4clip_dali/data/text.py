@@ -2,13 +2,24 @@
 
 The original builds ``[SOT] + tokens`` cut to ``max_words - 1`` entries, appends ``[EOT]`` and
 pads with 0; the mask is 1 over SOT..EOT. The EOT id is the largest id, so ``argmax`` finds it.
+
+Marker spellings follow the original (OpenAI's tokenizer): ``<|startoftext|>`` and
+``<|endoftext|>`` written inside a caption become the marker ids, while open_clip's own
+``<start_of_text>``/``<end_of_text>`` are ordinary text. Checked against the original's ids on
+43 awkward captions in ``tests/test_golden.py``.
 """
 from __future__ import annotations
 
 import functools
 
 import numpy as np
+import regex
 import torch
+
+_MARKERS = ("<|startoftext|>", "<|endoftext|>")
+# OpenAI CLIP's pre-tokenisation pattern (the original's), with its marker spellings
+_PAT = regex.compile(r"""<\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|"""
+                     r"""[\p{N}]|[^\s\p{L}\p{N}]+""", regex.IGNORECASE)
 
 
 @functools.lru_cache(maxsize=1)
@@ -26,9 +37,24 @@ class Tokenizer:
         self.bpe = _bpe()
         self.sot = self.bpe.encoder["<start_of_text>"]
         self.eot = self.bpe.encoder["<end_of_text>"]
+        self._marker_ids = dict(zip(_MARKERS, (self.sot, self.eot)))
+
+    def bpe_ids(self, caption: str) -> list[int]:
+        """BPE ids of ``caption`` as the original's ``tokenize`` + ``convert_tokens_to_ids``."""
+        from open_clip.tokenizer import basic_clean, whitespace_clean
+
+        bpe = self.bpe
+        ids: list[int] = []
+        for token in _PAT.findall(whitespace_clean(basic_clean(caption)).lower()):
+            if token in self._marker_ids:
+                ids.append(self._marker_ids[token])
+                continue
+            token = "".join(bpe.byte_encoder[b] for b in token.encode("utf-8"))
+            ids.extend(bpe.encoder[t] for t in bpe.bpe(token).split(" "))
+        return ids
 
     def encode(self, caption: str) -> list[int]:
-        ids = [self.sot] + self.bpe.encode(caption)
+        ids = [self.sot] + self.bpe_ids(caption)
         return ids[: self.max_words - 1] + [self.eot]
 
     def __call__(self, captions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
