@@ -164,6 +164,10 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                 chance = 100.0 / max(res["videos"], 1)
                 log.info("test t2v R@1 %.1f (chance %.1f), v2t R@1 %.1f",
                          res["plain"]["t2v"]["R1"], chance, res["plain"]["v2t"]["R1"])
+            if cfg.eval.index_test_split:
+                from .demo_search import index_and_search
+
+                summary["search"] = index_and_search(cfg, test_split.name, info)
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         write_results({k: v for k, v in summary.items() if k != "losses"}, out, "summary.json")
