@@ -56,17 +56,17 @@ def clips(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def trained(clips, tmp_path_factory) -> Path:
-    """best.pt of a tiny meanP trained on ``clips`` until it tells them apart."""
+    """latest.pt of a tiny meanP trained on ``clips`` until it tells most apart (measured: the
+    caption's video first for 89% of the 55 captions)."""
     out = tmp_path_factory.mktemp("search_run")
     sets = [f"data.data_path={clips}", f"data.features_path={clips / 'videos'}",
             "data.synthetic.videos=0", "data.frame_cache=true", "train.batch_size=8",
-            "train.epochs=25", "train.eval_batch_size=16", "train.lr=3.0e-3",
-            "eval.test_at_end=false", "eval.split=train", "data.val_split=train",
-            f"train.output_dir={out}", "train.log_every=50"]
+            "train.epochs=40", "train.eval_batch_size=16", "train.lr=3.0e-3",
+            "train.eval_every_epoch=false", "eval.test_at_end=false",
+            f"train.output_dir={out}", "train.log_every=100"]
     check(run_module("clip4clip_dali.train", "--config", DEMO,
                      *[x for s in sets for x in ("--set", s)], timeout=600))
-    assert (out / "best.pt").is_file()
-    return out / "best.pt"
+    return out / "latest.pt"
 
 
 def save_untrained(path: Path, **model) -> Path:
@@ -86,3 +86,17 @@ def save_untrained(path: Path, **model) -> Path:
         m = build_model(cfg, "cpu")
     ckpt.save_weights(path, m, cfg.to_dict())
     return path
+
+
+@pytest.fixture(scope="session")
+def folder_index(trained, clips, tmp_path_factory) -> Path:
+    """An index of the ``clips`` folder made with the ``trained`` model."""
+    import json
+
+    out = tmp_path_factory.mktemp("idx") / "index"
+    p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
+                   "--videos", str(clips / "videos"), "--out", str(out), "--json")
+    check(p)
+    s = json.loads(p.stdout[p.stdout.index("{"):])
+    assert s["videos"] == s["encoded"] == CLIPS and s["failed"] == [] and s["kind"] == "embeddings"
+    return out
