@@ -21,7 +21,7 @@ def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) 
     from .data.msvd import load_captions
     from .indexer import build_index, split_candidates
     from .runsetup import checkpoint_config
-    from .video_index import Searcher, VideoIndex
+    from .video_index import Searcher
 
     out = Path(cfg.train.output_dir)
     checkpoint = out / "best.pt" if (out / "best.pt").is_file() else out / "latest.pt"
@@ -33,8 +33,8 @@ def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) 
                                                        "split": split})
     if not info.is_main:
         return None
-    index = VideoIndex(index_dir)
-    searcher = Searcher(index, index.open_model(device=info.device))
+    searcher = Searcher.open(index_dir, device=info.device)
+    index = searcher.index
     first = index.records[0]
     captions = load_captions(Path(cfg.data.data_path) / "raw-captions.pkl")
     query = captions[first.id][0]

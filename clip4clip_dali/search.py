@@ -60,7 +60,7 @@ def print_results(queries: list[str], hits: list[list[dict]], score_kind: str, o
 def main(argv: list[str] | None = None) -> int:
     from . import distributed as D
     from .runsetup import setup_logging
-    from .video_index import Searcher, VideoIndex
+    from .video_index import Searcher
 
     p = argparse.ArgumentParser(prog="python -m clip4clip_dali.search",
                                 description="Rank the videos of an index for text queries.")
@@ -81,8 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                         "or --queries FILE.")
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}.")
-    index = VideoIndex(args.index)
-    searcher = Searcher(index, index.open_model(args.checkpoint, args.device))
+    searcher = Searcher.open(args.index, args.checkpoint, args.device)
     hits = searcher.search(queries, args.top_k)
     if args.json:
         print(json.dumps(results_json(searcher, queries, hits), indent=1))

@@ -107,7 +107,7 @@ def create_app(searcher):
 def main(argv: list[str] | None = None) -> int:
     from . import distributed as D
     from .runsetup import setup_logging
-    from .video_index import Searcher, VideoIndex
+    from .video_index import Searcher
 
     p = argparse.ArgumentParser(prog="python -m clip4clip_dali.serve",
                                 description="Search an index in a web page.")
@@ -119,8 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
     args = p.parse_args(argv)
     setup_logging(D.DistInfo())
-    index = VideoIndex(args.index)
-    searcher = Searcher(index, index.open_model(args.checkpoint, args.device))
+    searcher = Searcher.open(args.index, args.checkpoint, args.device)
+    index = searcher.index
     try:
         loopback = ipaddress.ip_address(args.host).is_loopback
     except ValueError:

@@ -270,6 +270,13 @@ class Searcher:
                         len(index), chunk)
         self.score_kind = SCORE_KINDS[index.kind]
 
+    @classmethod
+    def open(cls, index_dir: str | Path, checkpoint: str | Path | None = None,
+             device=None) -> "Searcher":
+        """The index at ``index_dir`` with its own model loaded (see ``VideoIndex.open_model``)."""
+        index = VideoIndex(index_dir)
+        return cls(index, index.open_model(checkpoint, device))
+
     @torch.no_grad()
     def scores(self, queries: Sequence[str]) -> torch.Tensor:
         text = self.model.encode_text(list(queries))
