@@ -24,7 +24,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv | tee "$RES
 
 echo "== 1/3 GPU tests ($(( $(date +%s) - t0 )) s)"
 timeout -k 5 "${T_TESTS:-100}" python3 -m pytest -m gpu -q -rs -p no:cacheprovider \
-  tests/test_dali_loader.py tests/test_frame_cache.py tests/test_model.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
+  tests/test_dali_loader.py tests/test_frame_cache.py tests/test_model.py tests/test_search.py --junitxml="$RES/gpu_tests.xml" 2>&1 \
   | tail -25 | tee "$RES/gpu_tests.log"
 rc=${PIPESTATUS[0]}; echo "gpu tests exit $rc"; [ "$rc" = 0 ] || status=1
 
