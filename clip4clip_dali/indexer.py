@@ -17,6 +17,7 @@ import os
 import shutil
 import time
 import uuid
+from collections import Counter
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -62,11 +63,9 @@ def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
         for name in files:
             if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
                 rels.append((Path(dirpath) / name).relative_to(root).as_posix())
-    stems: dict[str, int] = {}
-    for r in rels:
-        stems[r.rsplit(".", 1)[0]] = stems.get(r.rsplit(".", 1)[0], 0) + 1
-    out = [_candidate(root, r, r if stems[r.rsplit(".", 1)[0]] > 1 else r.rsplit(".", 1)[0])
-           for r in sorted(rels)]
+    stem = {r: r.rsplit(".", 1)[0] for r in rels}
+    clashes = Counter(stem.values())
+    out = [_candidate(root, r, stem[r] if clashes[stem[r]] == 1 else r) for r in sorted(rels)]
     if not out:
         raise UserError(f"no video files under {root} (looked for "
                         f"{', '.join(sorted(VIDEO_EXTENSIONS))}); nothing to index.")
@@ -146,9 +145,10 @@ def _write_part(out: Path, name: str, identity: dict, records: list[VideoRecord]
     return d / f"{name}.json"
 
 
-def _read_parts(out: Path, identity: dict) -> list[tuple[list[VideoRecord], list[FailedVideo],
-                                                         dict[str, torch.Tensor]]]:
-    """Complete parts written with this model, oldest first; others are removed."""
+def _read_parts(out: Path, identity: dict, tensors: bool = True
+                ) -> list[tuple[list[VideoRecord], list[FailedVideo], dict[str, torch.Tensor]]]:
+    """Complete parts written with this model, oldest first (their vectors unless not
+    ``tensors``); parts of another model are removed."""
     parts = []
     for p in _part_files(out):
         try:
@@ -163,8 +163,8 @@ def _read_parts(out: Path, identity: dict) -> list[tuple[list[VideoRecord], list
             p.with_suffix(".safetensors").unlink(missing_ok=True)
             continue
         records = [VideoRecord(**r) for r in doc["records"]]
-        tensors = load_tensors(p.with_suffix(".safetensors")) if records else {}
-        parts.append((records, [FailedVideo(**f) for f in doc["failed"]], tensors))
+        vectors = load_tensors(p.with_suffix(".safetensors")) if records and tensors else {}
+        parts.append((records, [FailedVideo(**f) for f in doc["failed"]], vectors))
     return parts
 
 
@@ -326,7 +326,7 @@ def _plan(out: Path, identity: dict, root: Path, candidates: Sequence[Candidate]
         for p in out.glob("vectors-*.safetensors"):
             p.unlink()
     out.mkdir(parents=True, exist_ok=True)
-    for records, failed, _ in _read_parts(out, identity):
+    for records, failed, _ in _read_parts(out, identity, tensors=False):
         known.update({r.path: r for r in records})
         known_failed.update({f.path: f for f in failed})
     todo, kept, kept_failed = [], 0, 0
