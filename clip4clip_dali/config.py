@@ -112,6 +112,8 @@ class EvalConfig:
     sim_chunk: int = 1024  # captions per similarity chunk
     dsl: bool = False  # also report dual-softmax re-ranked metrics
     test_at_end: bool = True  # train: evaluate best.pt on data.test_split when training ends
+    # train, after test_at_end: index data.test_split into <output_dir>/index, print one search
+    index_test_split: bool = False
 
 
 @dataclass

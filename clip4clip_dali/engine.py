@@ -27,7 +27,7 @@ import torch
 from . import checkpoint as ckpt
 from . import distributed as D
 from .errors import UserError
-from .evaluate import autocast_context, evaluate_split, print_results, write_results
+from .retrieval import autocast_context, evaluate_split, print_results, write_results
 
 log = logging.getLogger("clip4clip_dali")
 

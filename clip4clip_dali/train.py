@@ -18,72 +18,19 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import argparse
 import logging
-import random
-import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from . import checkpoint as ckpt
 from . import distributed as D
 from .config import Config, compile_enabled, load_config
 from .errors import UserError, run_cli
+from .runsetup import (build_model, build_split_loader, prepare_data, seed_everything,
+                       setup_logging)
 
 log = logging.getLogger("clip4clip_dali")
-
-
-def setup_logging(info: D.DistInfo) -> None:
-    level = logging.INFO if info.is_main else logging.WARNING
-    root = logging.getLogger("clip4clip_dali")
-    if not root.handlers:
-        handler = logging.StreamHandler(sys.stderr)
-        prefix = f"[rank {info.rank}] " if info.world_size > 1 else ""
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s",
-                                               "%H:%M:%S"))
-        root.addHandler(handler)
-        root.propagate = False
-    root.setLevel(level)
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed % 2**32)
-    torch.manual_seed(seed)
-
-
-def prepare_data(cfg: Config, info: D.DistInfo) -> None:
-    """Generate the synthetic dataset when the config asks for one and it is missing."""
-    syn = cfg.data.synthetic
-    data_path = Path(cfg.data.data_path)
-    if syn.videos > 0 and not (data_path / "raw-captions.pkl").exists():
-        if info.is_main:
-            from .data.synthetic import generate_dataset
-
-            log.info("generating a synthetic dataset of %d %s clips at %s", syn.videos,
-                     syn.codec, data_path)
-            stats = generate_dataset(data_path, syn.videos, codec=syn.codec, seed=syn.seed,
-                                     min_seconds=syn.min_seconds, max_seconds=syn.max_seconds)
-            log.info("synthetic dataset ready in %.1f s: %s", stats.get("seconds", 0.0),
-                     {k: stats[k] for k in ("videos", "captions", "splits") if k in stats})
-        D.barrier()
-
-
-def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
-    from .model import CLIP4Clip
-
-    model = CLIP4Clip.from_config(cfg.model, max_words=cfg.data.max_words,
-                                  max_frames=cfg.data.max_frames,
-                                  local_loss=cfg.train.local_loss)
-    return model.to(device)
-
-
-def build_split_loader(cfg: Config, split, mode: str, info: D.DistInfo):
-    from .data.loader import build_loader
-
-    return build_loader(cfg, split, mode, rank=info.rank, world_size=info.world_size,
-                        device=info.device)
 
 
 def _check_batch(cfg: Config, info: D.DistInfo) -> None:
@@ -112,7 +59,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     """Train (and evaluate) according to ``cfg``. Returns a summary dict."""
     from .data.msvd import load_split
     from .engine import Trainer
-    from .evaluate import evaluate_split, print_results, write_results
+    from .retrieval import evaluate_split, print_results, write_results
     from .optim import build_optimizer
     from .tracking import Tracker, peak_flops, training_flops_per_sample
 
@@ -218,6 +165,10 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                 chance = 100.0 / max(res["videos"], 1)
                 log.info("test t2v R@1 %.1f (chance %.1f), v2t R@1 %.1f",
                          res["plain"]["t2v"]["R1"], chance, res["plain"]["v2t"]["R1"])
+            if cfg.eval.index_test_split:
+                from .demo_search import index_and_search
+
+                summary["search"] = index_and_search(cfg, test_split.name, info)
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         write_results({k: v for k, v in summary.items() if k != "losses"}, out, "summary.json")

@@ -236,6 +236,10 @@ def test_demo_reaches_three_times_chance(tmp_path):
     r1 = res["plain"]["t2v"]["R1"]
     print(f"demo: test t2v R@1 {r1:.1f} (chance {chance:.1f}) in {time.time() - t0:.0f} s")
     assert r1 >= 3 * chance, res
+    # it ends with the test split indexed and one search printed
+    assert "right video first:" in p.stdout and (out / "index" / "index.json").is_file()
+    search = json.loads((out / "summary.json").read_text())["search"]
+    assert len(search["hits"]) == 3 and search["top1"] * 100 == pytest.approx(r1, abs=1.0)
 
 
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared-vp9-dali", "raw-h264-auto"])

@@ -1,0 +1,99 @@
+"""The run set-up that train, evaluate, index and search share: logging, seeding, the model
+(from a config or from a checkpoint and the config saved in it) and the data.
+
+It sits below the trainer (``engine.py``) and the CLIs, so they import it and never each other.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from . import checkpoint as ckpt
+from . import distributed as D
+from .config import Config, from_dict
+from .errors import UserError
+
+log = logging.getLogger("clip4clip_dali")
+
+
+def setup_logging(info: D.DistInfo) -> None:
+    level = logging.INFO if info.is_main else logging.WARNING
+    root = logging.getLogger("clip4clip_dali")
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        prefix = f"[rank {info.rank}] " if info.world_size > 1 else ""
+        handler.setFormatter(logging.Formatter(f"%(asctime)s {prefix}%(levelname)s %(message)s",
+                                               "%H:%M:%S"))
+        root.addHandler(handler)
+        root.propagate = False
+    root.setLevel(level)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def prepare_data(cfg: Config, info: D.DistInfo) -> None:
+    """Generate the synthetic dataset when the config asks for one and it is missing."""
+    syn = cfg.data.synthetic
+    data_path = Path(cfg.data.data_path)
+    if syn.videos > 0 and not (data_path / "raw-captions.pkl").exists():
+        if info.is_main:
+            from .data.synthetic import generate_dataset
+
+            log.info("generating a synthetic dataset of %d %s clips at %s", syn.videos,
+                     syn.codec, data_path)
+            stats = generate_dataset(data_path, syn.videos, codec=syn.codec, seed=syn.seed,
+                                     min_seconds=syn.min_seconds, max_seconds=syn.max_seconds)
+            log.info("synthetic dataset ready in %.1f s: %s", stats.get("seconds", 0.0),
+                     {k: stats[k] for k in ("videos", "captions", "splits") if k in stats})
+        D.barrier()
+
+
+def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
+    from .model import CLIP4Clip
+
+    model = CLIP4Clip.from_config(cfg.model, max_words=cfg.data.max_words,
+                                  max_frames=cfg.data.max_frames,
+                                  local_loss=cfg.train.local_loss)
+    return model.to(device)
+
+
+def build_split_loader(cfg: Config, split, mode: str, info: D.DistInfo):
+    from .data.loader import build_loader
+
+    return build_loader(cfg, split, mode, rank=info.rank, world_size=info.world_size,
+                        device=info.device)
+
+
+def checkpoint_config(path: str | Path, fallback: Config | None = None) -> Config:
+    """The config saved in a checkpoint (``best.pt`` and ``latest.pt`` carry the one they were
+    trained with); ``fallback`` when the file has none (a bare state dict)."""
+    obj = ckpt.load(path)
+    saved = obj.get("config")
+    if isinstance(saved, dict) and saved:
+        return from_dict(saved, f"the config saved in {path}")
+    if fallback is None:
+        raise UserError(f"checkpoint {path} holds no config (a bare state dict); pass --config "
+                        f"with the YAML config it was trained with.")
+    return fallback
+
+
+def model_from_checkpoint(path: str | Path, cfg: Config, device: torch.device) -> torch.nn.Module:
+    """``cfg``'s model with the checkpoint's weights, in eval mode (``fp16_weights`` runs keep
+    CLIP in fp16, as they were trained)."""
+    with warnings.catch_warnings():  # "starts from random weights": the checkpoint's follow
+        warnings.filterwarnings("ignore", message="model.pretrained = 'none'")
+        model = build_model(cfg, device)
+    ckpt.load_model_weights(model, path)
+    if cfg.train.precision == "fp16_weights" and hasattr(model, "convert_clip_to_fp16"):
+        model.convert_clip_to_fp16()
+    return model.eval()

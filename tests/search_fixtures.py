@@ -1,0 +1,102 @@
+"""A tiny model trained on a few generated clips, and indexes of them, for the search tests.
+
+Loaded as a plugin (``pytest_plugins``) by the test modules that need it, so the model is
+trained once a session.
+"""
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO = str(REPO / "configs" / "demo.yaml")
+CLIPS = 12
+
+
+def env() -> dict:
+    e = dict(os.environ)
+    e["PYTHONUNBUFFERED"] = "1"
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def run_module(module: str, *args: str, timeout: float = 300, torchrun: int = 0
+               ) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", module, *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={torchrun}", "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check(p: subprocess.CompletedProcess, rc: int = 0) -> None:
+    assert p.returncode == rc, (f"rc {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\n"
+                                f"STDERR\n{p.stderr[-5000:]}")
+
+
+@pytest.fixture(scope="session")
+def clips(tmp_path_factory) -> Path:
+    """CLIPS generated VP9 clips (coloured shapes moving), every one in the train split; the
+    last four also form the test split."""
+    from clip4clip_dali.data.msvd import read_split_ids
+    from clip4clip_dali.data.synthetic import generate_dataset
+
+    root = tmp_path_factory.mktemp("search") / "data"
+    generate_dataset(root, CLIPS, codec="vp9", seed=3, min_seconds=2.0, max_seconds=3.0)
+    ids = [v for s in ("train", "val", "test") for v in read_split_ids(root, s)]
+    (root / "train_list.txt").write_text("\n".join(sorted(ids)) + "\n")
+    (root / "test_list.txt").write_text("\n".join(sorted(ids)[-4:]) + "\n")
+    return root
+
+
+@pytest.fixture(scope="session")
+def trained(clips, tmp_path_factory) -> Path:
+    """latest.pt of a tiny meanP trained on ``clips`` until it tells most apart (measured: the
+    caption's video first for 89% of the 55 captions)."""
+    out = tmp_path_factory.mktemp("search_run")
+    sets = [f"data.data_path={clips}", f"data.features_path={clips / 'videos'}",
+            "data.synthetic.videos=0", "data.frame_cache=true", "train.batch_size=8",
+            "train.epochs=40", "train.eval_batch_size=16", "train.lr=3.0e-3",
+            "train.eval_every_epoch=false", "eval.test_at_end=false",
+            f"train.output_dir={out}", "train.log_every=100"]
+    check(run_module("clip4clip_dali.train", "--config", DEMO,
+                     *[x for s in sets for x in ("--set", s)], timeout=600))
+    return out / "latest.pt"
+
+
+def save_untrained(path: Path, **model) -> Path:
+    """A checkpoint (weights + config) of the demo's tiny model, untrained, with ``model``
+    options changed (e.g. sim_header="tightTransf")."""
+    import warnings
+
+    from clip4clip_dali import checkpoint as ckpt
+    from clip4clip_dali.config import load_config
+    from clip4clip_dali.runsetup import build_model, seed_everything
+
+    cfg = load_config(DEMO, [f"model.{k}={v}" for k, v in model.items()]
+                      + ["data.max_frames=4"])
+    seed_everything(len(str(path)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        m = build_model(cfg, "cpu")
+    ckpt.save_weights(path, m, cfg.to_dict())
+    return path
+
+
+@pytest.fixture(scope="session")
+def folder_index(trained, clips, tmp_path_factory) -> Path:
+    """An index of the ``clips`` folder made with the ``trained`` model."""
+    import json
+
+    out = tmp_path_factory.mktemp("idx") / "index"
+    p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
+                   "--videos", str(clips / "videos"), "--out", str(out), "--json")
+    check(p)
+    s = json.loads(p.stdout[p.stdout.index("{"):])
+    assert s["videos"] == s["encoded"] == CLIPS and s["failed"] == [] and s["kind"] == "embeddings"
+    return out

@@ -1,0 +1,176 @@
+"""The search page served by ``clip4clip_dali.serve``, driven in a real headless Chromium."""
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+pytest.register_assert_rewrite("search_fixtures")
+from search_fixtures import REPO, env  # noqa: E402
+
+pytest_plugins = ["search_fixtures"]
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+CHROMEDRIVER = shutil.which("chromedriver")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def server(folder_index):
+    port = free_port()
+    p = subprocess.Popen([sys.executable, "-m", "clip4clip_dali.serve", "--index",
+                          str(folder_index), "--port", str(port)], cwd=REPO, env=env(),
+                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 180
+        while True:
+            try:
+                urllib.request.urlopen(url + "/", timeout=5).read()
+                break
+            except OSError:
+                if p.poll() is not None or time.time() > deadline:
+                    p.kill()
+                    pytest.fail(f"serve did not start:\n{p.communicate()[0][-3000:]}")
+                time.sleep(0.3)
+        yield url, port, p
+    finally:
+        p.terminate()
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+
+
+def raw_get(port: int, path: str, headers: dict | None = None) -> tuple[int, bytes]:
+    """GET ``path`` exactly as written (no client-side normalisation of ``..``)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request("GET", path, headers=headers or {})
+        r = conn.getresponse()
+        return r.status, r.read()
+    finally:
+        conn.close()
+
+
+def listening_addresses(port: int) -> set[str]:
+    """Local addresses in LISTEN state on ``port`` (Linux /proc/net/tcp{,6})."""
+    found = set()
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            local, state = line.split()[1], line.split()[3]
+            addr, p = local.split(":")
+            if state == "0A" and int(p, 16) == port:
+                found.add(addr)
+    return found
+
+
+def test_files_only_from_the_collection_and_clear_errors(server, folder_index):
+    from clip4clip_dali.video_index import VideoIndex
+
+    url, port, _ = server
+    if Path("/proc/net/tcp").exists():
+        assert listening_addresses(port) == {"0100007F"}, "serve must bind 127.0.0.1 only"
+    index = VideoIndex(folder_index)
+    status, body = raw_get(port, "/video/0")
+    assert status == 200 and body == (index.root / index.records[0].path).read_bytes()
+    status, body = raw_get(port, "/video/0", {"Range": "bytes=0-99"})
+    assert status == 206 and len(body) == 100
+    status, body = raw_get(port, "/thumb/0")
+    assert status == 200 and body[:2] == b"\xff\xd8"  # a JPEG
+    secret = folder_index.parent / "secret.txt"
+    secret.write_text("root:x:0:0 do not serve me")
+    for path in ("/video/../../../../etc/passwd", "/video/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
+                 "/video/..%2fsecret.txt", "/thumb/../index.json", "/thumb/..%2f..%2fsecret.txt",
+                 "/static/../serve.py", "/static/%2e%2e/serve.py", "/static/..%2f..%2fsecret.txt",
+                 "/../../../../etc/passwd", "/video/12", "/video/-1", "/video/99999999999",
+                 f"/video/{folder_index.parent}/secret.txt", "/secret.txt"):
+        status, body = raw_get(port, path)
+        assert status in (400, 404), (path, status)
+        assert b"root:" not in body and b"do not serve" not in body and b"import" not in body
+    for query, message in (("q=", b"Type a few words"), ("q=%20%20", b"Type a few words"),
+                           ("q=red&k=abc", b"whole number"), ("q=red&k=0", b"between 1 and"),
+                           ("q=" + "a" * 600, b"keep it under")):
+        status, body = raw_get(port, "/api/search?" + query)
+        assert status == 400 and message in body and b"Traceback" not in body, (query, body)
+
+
+def test_search_page_in_headless_chromium(server, folder_index, tmp_path):
+    missing = [n for n, ok in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not ok]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append("selenium (pip install -e '.[dev]')")
+    if missing:
+        why = f"{', '.join(missing)} not installed (.ci/run installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium.webdriver.chrome.service import Service
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    url, _, _ = server
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
+        opts.add_argument(a)
+    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    try:
+        driver.get(url + "/")
+        assert "12 videos" in driver.find_element(By.CLASS_NAME, "about").text
+        box = driver.find_element(By.ID, "q")
+        box.send_keys("a red circle moves to the left", Keys.ENTER)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card"))
+        wait.until(lambda d: d.execute_script(
+            "return [...document.querySelectorAll('#results img.thumb')]"
+            ".every(i => i.complete && i.naturalWidth > 0)"))
+        cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
+        assert len(cards) == 12
+        thumbs = driver.execute_script(
+            "return [...document.querySelectorAll('#results .card img.thumb')]"
+            ".map(i => [i.naturalWidth, i.naturalHeight])")
+        assert len(thumbs) == 12 and all(w > 16 and h > 16 for w, h in thumbs)
+        scores = [float(c.find_element(By.CLASS_NAME, "score").text) for c in cards]
+        assert scores == sorted(scores, reverse=True)
+        ids = {r["id"] for r in __import__("json").loads(
+            (folder_index / "index.json").read_text())["videos"]}
+        assert all(c.find_element(By.CLASS_NAME, "id").text in ids for c in cards)
+        assert "best matches" in driver.find_element(By.ID, "status").text
+        cards[0].click()  # the clip plays in the page
+        wait.until(lambda d: d.execute_script(
+            "const v = document.getElementById('clip');"
+            "return v.readyState >= 2 && v.currentTime > 0 && v.videoWidth > 0"))
+        src = driver.execute_script("return document.getElementById('clip').src")
+        assert src.endswith(f"/video/{cards[0].get_attribute('data-row')}")
+        driver.save_screenshot(str(tmp_path / "search_page.png"))
+        if os.environ.get("CLIP4CLIP_SCREENSHOT"):
+            shutil.copy(tmp_path / "search_page.png", os.environ["CLIP4CLIP_SCREENSHOT"])
+        # an empty query gets a message on the page, not a stack trace
+        box.clear()
+        box.send_keys(" ", Keys.ENTER)
+        wait.until(lambda d: "error" in d.find_element(By.ID, "status").get_attribute("class"))
+        status = driver.find_element(By.ID, "status").text
+        assert "Type a few words" in status and "Traceback" not in driver.page_source
+    finally:
+        driver.quit()
