@@ -110,7 +110,7 @@ def resolve_resume(cfg: Config, cli_resume: str | None) -> Path | None:
 
 def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) -> dict:
     """Train (and evaluate) according to ``cfg``. Returns a summary dict."""
-    from .data.msvd import load_split
+    from .data.dataset import load_split
     from .engine import Trainer
     from .evaluate import evaluate_split, print_results, write_results
     from .optim import build_optimizer
