@@ -3,6 +3,9 @@
 
     python pipelines/prepare_msvd.py --src data/msvd/YouTubeClips --out data/msvd/videos_vp9 \\
         [--short-side 224] [--fps 3] [--codec vp9|h264|mjpeg] [--gop 0] [--crf 30] [--workers N]
+    python pipelines/prepare_msvd.py --config configs/msrvtt_meanP.yaml --out data/msrvtt/videos_vp9
+        (the videos of any dataset a config describes: MSVD, MSR-VTT or JSONL; for JSONL it also
+        writes <out>/<name>.jsonl pointing at the copies, with the same ids and splits)
 
 What it does to each video (found under --src by ``msvd.find_videos``, any container):
 - scales the short side to --short-side (aspect kept, portrait too; never upscales; even sizes),
@@ -169,6 +172,7 @@ def prepare_one(vid: str, src: str, out_dir: str, opts: Options, force: bool = F
     src_p, out = Path(src), Path(out_dir)
     _encoder, ext, codec_name, _pix = CODECS[opts.codec]
     dst = out / f"{vid}{ext}"
+    dst.parent.mkdir(parents=True, exist_ok=True)  # ids of JSONL datasets may hold folders
     info = probe_video(src_p)
     others = [p for p in out.glob(f"{glob_escape(vid)}.*") if p != dst and p.stem == vid
               and not p.name.endswith(".part" + p.suffix)]
@@ -208,11 +212,13 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
-def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
-            ids: list[str] | None = None, force: bool = False, manifest: bool = True) -> dict:
+def prepare(src_dir: Path | None, out_dir: Path, opts: Options, workers: int = 0,
+            ids: list[str] | None = None, force: bool = False, manifest: bool = True,
+            videos: dict[str, Path] | None = None) -> dict:
+    """Transcode ``videos`` (output name -> file; default: every video under ``src_dir``)."""
     from clip4clip_dali.data.msvd import find_videos
 
-    videos = find_videos(src_dir)
+    videos = find_videos(src_dir) if videos is None else videos
     if ids is not None:
         missing = [v for v in ids if v not in videos]
         if missing:
@@ -223,7 +229,7 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
         raise UserError(f"no videos found under {src_dir}; pass the folder holding the raw "
                         f"MSVD clips (e.g. YouTubeClips) as --src.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if out_dir.resolve() == src_dir.resolve():
+    if src_dir is not None and out_dir.resolve() == src_dir.resolve():
         raise UserError("--out must differ from --src (outputs would replace the originals).")
     workers = workers or max(1, (os.cpu_count() or 1))
     t0 = time.time()
@@ -249,7 +255,8 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
                "seconds": round(time.time() - t0, 1), "codec": opts.codec, "fps": opts.fps,
                "short_side": opts.short_side,
                "copied_ids": sorted(v for v, r in results.items() if r[0] == "copied"),
-               "failed_ids": sorted(v for v, r in results.items() if r[0] == "failed")}
+               "failed_ids": sorted(v for v, r in results.items() if r[0] == "failed"),
+               "outputs": {v: r[1] for v, r in results.items() if r[1]}}
     if manifest:
         from clip4clip_dali.data.manifest import load_manifest
         from clip4clip_dali.data.msvd import default_manifest_path
@@ -269,10 +276,35 @@ def _progress(r, done: int, total: int) -> None:
         log.info("[%d/%d] %s: %s %s", done, total, vid, status, detail)
 
 
+def config_videos(config: str, sets: list[str]):
+    """(data config, video id -> output name, output name -> file) of a config's dataset."""
+    from clip4clip_dali.config import load_config
+    from clip4clip_dali.data.dataset import dataset_videos, output_names
+
+    data = load_config(config, sets).data
+    by_id = dataset_videos(data)
+    names = output_names(by_id)
+    return data, names, {names[v]: p for v, p in by_id.items()}
+
+
+def point_config_at(data, names: dict[str, str], out: Path, outputs: dict[str, str]) -> str:
+    """What to change in the config so it reads the prepared copies (JSONL: a new file)."""
+    if data.dataset != "jsonl":
+        return f"set data.features_path to {out}"
+    from clip4clip_dali.data.jsonl import write_prepared
+
+    path = write_prepared(data, out, {v: outputs[n] for v, n in names.items() if n in outputs})
+    return f"wrote {path} (same ids and splits): set data.data_path to it"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pipelines/prepare_msvd.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", required=True, help="folder of raw videos (searched recursively)")
+    p.add_argument("--src", help="folder of raw videos (searched recursively)")
+    p.add_argument("--config", help="instead of --src: the videos of this config's dataset "
+                   "(data.dataset msvd, msrvtt or jsonl; every split)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of --config")
     p.add_argument("--out", required=True, help="output folder (becomes data.features_path)")
     p.add_argument("--short-side", type=int, default=224, help="short side in pixels (default 224)")
     p.add_argument("--fps", type=float, default=3.0, help="output frame rate (default 3)")
@@ -297,14 +329,21 @@ def main(argv: list[str] | None = None) -> int:
         ids = [ln.strip() for ln in Path(args.ids).read_text().splitlines() if ln.strip()]
     opts = Options(short_side=args.short_side, fps=args.fps, codec=args.codec, gop=args.gop,
                    crf=args.crf, max_duration=args.max_duration)
-    s = prepare(Path(args.src), Path(args.out), opts, args.workers, ids, args.force,
-                manifest=not args.no_manifest)
+    if bool(args.src) == bool(args.config):
+        raise UserError("pass either --src (a folder of videos) or --config (a dataset's videos).")
+    data = names = videos = None
+    if args.config:
+        data, names, videos = config_videos(args.config, args.set)
+    s = prepare(Path(args.src) if args.src else None, Path(args.out), opts, args.workers, ids,
+                args.force, manifest=not args.no_manifest, videos=videos)
     print(f"prepared {s['videos']} videos in {s['seconds']} s: {s['transcoded']} transcoded, "
           f"{s['skipped']} already done, {s['copied']} copied as they were (transcode failed), "
           f"{s['failed']} failed" + (f"; manifest {s['manifest']}" if "manifest" in s else ""))
     if s["copied_ids"]:
         print(f"copied unchanged (use loader=reference or a GPU for these): "
               f"{', '.join(s['copied_ids'][:10])}")
+    if data is not None:
+        print(point_config_at(data, names, Path(args.out), s["outputs"]))
     if s.get("unreadable"):
         print(f"unreadable (training will skip them): {', '.join(s['unreadable'][:10])}")
     return 1 if s["failed"] else 0

@@ -204,8 +204,9 @@ def test_spreadsheet_converter(clips, tmp_path):
     assert p.returncode == 0, p.stderr
     assert "wrote 6 caption line(s) from 5 row(s)" in p.stdout and "1 row(s) name a clip" in p.stdout
     lines = [json.loads(x) for x in out.read_text().splitlines()]
-    assert lines[1] == {"video": "../../own0/clips/a/video1.avi", "caption": "a second, clip",
-                        "split": "train"} or lines[1]["video"].endswith("clips/a/video1.avi")
+    assert lines[1]["video"].startswith("../") and lines[1]["video"].endswith("a/video1.avi")
+    assert {k: lines[1][k] for k in ("caption", "split")} == {"caption": "a second, clip",
+                                                              "split": "train"}
     train = load_split(cfg(out), "train")
     assert train.captions == ["a first clip", "a second, clip", "again"]
     assert [p.resolve() for p in train.video_paths] == [files["video0"].resolve(),

@@ -237,3 +237,18 @@ def test_every_loader_reads_the_same_drawn_caption_and_resumes_mid_epoch(msrvtt)
         resumed = list(loaders[0].iter_from(1))
         assert len(resumed) == 1
         assert torch.equal(resumed[0]["text"], runs[0][1]["text"])
+
+
+@pytest.mark.parametrize("name, dataset, header", [
+    ("msrvtt_meanP", "msrvtt", "meanP"), ("msrvtt_seqTransf", "msrvtt", "seqTransf"),
+    ("own_clips_meanP", "jsonl", "meanP")])
+def test_dataset_configs_load(name, dataset, header):
+    from clip4clip_dali.config import ConfigError, load_config
+    from conftest import REPO
+
+    c = load_config(REPO / "configs" / f"{name}.yaml")
+    assert c.data.dataset == dataset and c.model.sim_header == header
+    if dataset == "msrvtt":  # the original's --expand_msrvtt_sentences reference run
+        assert c.data.msrvtt_unfold_sentences and c.data.msrvtt_train_csv == "MSRVTT_train.9k.csv"
+    with pytest.raises(ConfigError, match="MSVD-layout"):
+        load_config(REPO / "configs" / f"{name}.yaml", ["data.synthetic.videos=4"])

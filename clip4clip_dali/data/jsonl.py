@@ -301,6 +301,26 @@ def load_split(data_cfg: "DataConfig", split: str, probe: bool = True) -> VideoT
     return load_listing(list_split(data_cfg, split), data_cfg, probe)
 
 
+def write_prepared(data_cfg: "DataConfig", out_dir: str | Path,
+                   outputs: dict[str, str | Path]) -> Path:
+    """``<out_dir>/<name>.jsonl``: the dataset's lines pointing at the prepared copies
+    (``outputs``: video id -> file), with each video's id and split written out, so the
+    prepared dataset keeps the ids and the (possibly drawn) splits of the original."""
+    cat = read_catalog(data_cfg)
+    out_dir = Path(out_dir)
+    path = out_dir / f"{cat.path.stem}.jsonl"
+    with open(path, "w", encoding="utf-8") as f:
+        for vid in cat.order:
+            if vid not in outputs:
+                continue
+            rel = Path(os.path.relpath(os.path.abspath(outputs[vid]), os.path.abspath(out_dir)))
+            for cap in cat.captions.get(vid, []):
+                f.write(json.dumps({"video": rel.as_posix(), "caption": cap,
+                                    "split": cat.split_of[vid], "video_id": vid},
+                                   ensure_ascii=False) + "\n")
+    return path
+
+
 # ------------------------------------------------------------------ spreadsheet -> JSON Lines
 
 def convert_spreadsheet(csv_path: str | Path, videos_dir: str | Path, out: str | Path,
