@@ -58,7 +58,7 @@ def split_stats(listing: SplitListing, data_cfg: "DataConfig", probe: bool = Tru
         "duration_s": round(sum(i.duration for i in ok), 1),
         "codecs": _top(Counter(i.codec for i in ok)),
         "resolutions": _top(Counter(f"{i.width}x{i.height}" for i in ok)),
-        "frame_rates": _top(Counter(f"{i.fps:.3g}" for i in ok)),
+        "frame_rates": _top(Counter(f"{i.fps:.4g}" for i in ok)),
     })
     return out
 
