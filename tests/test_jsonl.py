@@ -52,6 +52,14 @@ def test_lines_with_splits(clips, tmp_path, ext):
     assert (root / ".clip4clip_manifest.json").is_file()  # probe cache beside the file
 
 
+def test_csv_from_a_spreadsheet_with_empty_unnamed_columns(clips):
+    root, files = clips
+    path = root / "sheet_export.csv"
+    path.write_text("video,caption,split,,\n"
+                    f"{files['video0'].relative_to(root).as_posix()},a caption,val,,\n")
+    assert load_split(cfg(path), "val", probe=False).captions == ["a caption"]
+
+
 def test_video_id_names_the_video_and_one_video_serves_several_lines(clips, tmp_path):
     root, files = clips
     rel = files["video0"].relative_to(root).as_posix()

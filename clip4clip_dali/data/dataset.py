@@ -18,7 +18,6 @@ from .split import DatasetError, SplitListing, VideoTextSplit  # noqa: F401  (th
 if TYPE_CHECKING:
     from ..config import DataConfig
 
-MSVDSplit = VideoTextSplit
 READERS = {"msvd": "msvd", "msrvtt": "msrvtt", "jsonl": "jsonl"}
 
 

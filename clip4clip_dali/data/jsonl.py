@@ -136,8 +136,9 @@ def read_records(path: Path):
                 out = []
                 for row in reader:
                     rec = {k if k is not None else "<extra cells>": v for k, v in row.items()}
+                    # (spreadsheets often export unnamed empty columns: those are no key)
                     out.append((reader.line_num, {k: (v if v != "" else None)
-                                                  for k, v in rec.items()}))
+                                                  for k, v in rec.items() if k or v}))
                 return out
         if suffix not in (".jsonl", ".ndjson", ".json"):
             raise DatasetError(f"{path}: data.dataset=jsonl reads a .jsonl (JSON Lines) or a "
