@@ -62,3 +62,14 @@ def test_own_clips_one_epoch(tmp_path):
     assert len(losses(out)) == 2  # 10 (video, caption) pairs, batches of 4
     res = check_run(out, "test")
     assert res["videos"] == 2 and res["captions"] == 4
+
+
+def test_too_few_training_samples_counts_videos_when_captions_are_drawn(tmp_path):
+    root = tmp_path / "msrvtt"
+    write_clips(root / "MSRVTT_Videos", TRAIN + ["video5"])
+    write_msrvtt(root / "msrvtt_data", TRAIN, ["video5"])  # 5 videos, 15 captions
+    p = run_train(args(tmp_path / "run", "data.dataset=msrvtt", "train.batch_size=8",
+                       f"data.data_path={root / 'msrvtt_data'}",
+                       f"data.features_path={root / 'MSRVTT_Videos'}"))
+    assert p.returncode != 0
+    assert "has 5 training samples, fewer than one global batch" in p.stderr
