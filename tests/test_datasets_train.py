@@ -35,7 +35,7 @@ def test_msrvtt_one_epoch_with_dali(tmp_path):
     write_clips(root / "MSRVTT_Videos")
     write_msrvtt(root / "msrvtt_data", TRAIN, TEST)
     out = tmp_path / "run"
-    data = [f"data.dataset=msrvtt", f"data.data_path={root / 'msrvtt_data'}",
+    data = ["data.dataset=msrvtt", f"data.data_path={root / 'msrvtt_data'}",
             f"data.features_path={root / 'MSRVTT_Videos'}", "data.loader=dali",
             "data.frame_cache=false"]
     p = run_train(args(out, *data))
