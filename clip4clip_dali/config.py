@@ -33,6 +33,10 @@ class SyntheticConfig:
 
 @dataclass
 class DataConfig:
+    # Layout on disk (README: Datasets): msvd (split lists + raw-captions.pkl in data_path),
+    # msrvtt (MSRVTT_data.json + CSVs in data_path), jsonl (data_path: a .jsonl or .csv file,
+    # one line per caption, video paths relative to it; features_path unused).
+    dataset: Literal["msvd", "msrvtt", "jsonl"] = "msvd"
     data_path: str = "data/msvd"  # split lists + raw-captions.pkl
     features_path: str = "data/msvd/videos"  # video root (any extension, walked recursively)
     max_words: int = 32
@@ -61,6 +65,18 @@ class DataConfig:
     train_split: str = "train"
     val_split: str = "val"
     test_split: str = "test"
+    # MSR-VTT (file names relative to data_path): train reads msrvtt_train_csv's video_id
+    # column with the captions of msrvtt_json; val and test read the 1k-A CSV (one caption a
+    # row), val msrvtt_val_csv when set, as the original's --val_csv.
+    msrvtt_json: str = "MSRVTT_data.json"
+    msrvtt_train_csv: str = "MSRVTT_train.9k.csv"
+    msrvtt_test_csv: str = "MSRVTT_JSFUSION_test.csv"
+    msrvtt_val_csv: Optional[str] = None
+    msrvtt_unfold_sentences: bool = False  # --expand_msrvtt_sentences: a sample per caption
+    # JSONL/CSV lines without a split: videos are split by these fractions (seeded, by video).
+    jsonl_val_fraction: float = 0.1
+    jsonl_test_fraction: float = 0.1
+    jsonl_split_seed: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -142,6 +158,8 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.torchcodec_threads": (lambda v: v >= 1, "at least 1"),
     "data.prefetch": (lambda v: v >= 1, "at least 1"),
     "data.synthetic.videos": (lambda v: v >= 0, "0 or more"),
+    "data.jsonl_val_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
+    "data.jsonl_test_fraction": (lambda v: 0 <= v < 1, "in [0, 1)"),
     "model.cross_num_hidden_layers": (lambda v: v >= 1, "at least 1"),
     "model.freeze_layer_num": (lambda v: v >= -1, "-1 (nothing frozen) or more"),
     "train.epochs": (lambda v: v >= 1, "at least 1"),
@@ -243,6 +261,12 @@ def _validate(cfg: Config, source: str) -> None:
             obj = getattr(obj, part)
         if not pred(obj):
             raise ConfigError(f"{source}: {key} = {obj!r} is out of range; it must be {desc}.")
+    if cfg.data.jsonl_val_fraction + cfg.data.jsonl_test_fraction >= 1:
+        raise ConfigError(f"{source}: data.jsonl_val_fraction + data.jsonl_test_fraction must "
+                          f"leave some videos for training (sum below 1).")
+    if cfg.data.synthetic.videos > 0 and cfg.data.dataset != "msvd":
+        raise ConfigError(f"{source}: data.synthetic generates an MSVD-layout dataset; set "
+                          f"data.synthetic.videos=0 with data.dataset={cfg.data.dataset}.")
     if cfg.model.sim_header == "tightTransf" and cfg.model.loose_type:
         cfg.model.loose_type = False  # the original's tightTransf is never loose type
 

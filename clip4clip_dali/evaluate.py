@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         split_name = args.split or cfg.eval.split
         prepare_data(cfg, info)
-        from .data.msvd import load_split
+        from .data.dataset import load_split
 
         split = load_split(cfg.data, split_name)  # raises when nothing usable is left
         model = model_from_checkpoint(args.checkpoint, cfg, info.device)

@@ -57,7 +57,7 @@ def resolve_resume(cfg: Config, cli_resume: str | None) -> Path | None:
 
 def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) -> dict:
     """Train (and evaluate) according to ``cfg``. Returns a summary dict."""
-    from .data.msvd import load_split
+    from .data.dataset import load_split
     from .engine import Trainer
     from .retrieval import evaluate_split, print_results, write_results
     from .optim import build_optimizer
@@ -87,8 +87,10 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     val_loader = build_split_loader(cfg, val_split, "eval", info) if val_split else None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        raise UserError(f"the {cfg.data.train_split} split has {len(train_split.captions)} "
-                        f"captions, fewer than one global batch (train.batch_size "
+        from .data.sharding import train_sample_count
+
+        raise UserError(f"the {cfg.data.train_split} split has {train_sample_count(train_split)} "
+                        f"training samples, fewer than one global batch (train.batch_size "
                         f"{tc.batch_size}); lower train.batch_size.")
     # The schedule spans all epochs; max_steps only stops early (benchmarks, smoke runs), so a
     # run cut by max_steps and resumed follows the same learning rates as an uninterrupted one.

@@ -3,6 +3,9 @@
 
     python pipelines/prepare_msvd.py --src data/msvd/YouTubeClips --out data/msvd/videos_vp9 \\
         [--short-side 224] [--fps 3] [--codec vp9|h264|mjpeg] [--gop 0] [--crf 30] [--workers N]
+    python pipelines/prepare_msvd.py --config configs/msrvtt_meanP.yaml --out data/msrvtt/videos_vp9
+        (the videos of any dataset a config describes: MSVD, MSR-VTT or JSONL; for JSONL it also
+        writes <out>/<name>.jsonl pointing at the copies, with the same ids and splits)
 
 What it does to each video (found under --src by ``msvd.find_videos``, any container):
 - scales the short side to --short-side (aspect kept, portrait too; never upscales; even sizes),
@@ -185,6 +188,7 @@ def prepare_one(vid: str, src: str, out_dir: str, opts: Options, force: bool = F
     src_p, out = Path(src), Path(out_dir)
     _encoder, ext, codec_name, _pix = CODECS[opts.codec]
     dst = out / f"{vid}{ext}"
+    dst.parent.mkdir(parents=True, exist_ok=True)  # ids of JSONL datasets may hold folders
     info = probe_video(src_p)
     others = [p for p in out.glob(f"{glob_escape(vid)}.*") if p != dst and p.stem == vid
               and not p.name.endswith(".part" + p.suffix)]
@@ -239,13 +243,13 @@ def _check_presample_out(out_dir: Path, opts: Options, force: bool) -> dict:
     return {} if diff else earlier.videos
 
 
-def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
-            ids: list[str] | None = None, force: bool = False, manifest: bool = True) -> dict:
-    """Prepare every video of ``src_dir`` (or ``ids``) into ``out_dir``; returns a summary."""
+def prepare(src_dir: Path | None, out_dir: Path, opts: Options, workers: int = 0,
+            ids: list[str] | None = None, force: bool = False, manifest: bool = True,
+            videos: dict[str, Path] | None = None) -> dict:
+    """Transcode ``videos`` (output name -> file; default: every video under ``src_dir``)."""
     from clip4clip_dali.data.msvd import find_videos
 
-    src_dir, out_dir = Path(src_dir), Path(out_dir)
-    videos = find_videos(src_dir)
+    videos = find_videos(src_dir) if videos is None else videos
     if ids is not None:
         missing = [v for v in ids if v not in videos]
         if missing:
@@ -256,7 +260,7 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
         raise UserError(f"no videos found under {src_dir}; pass the folder holding the raw "
                         f"MSVD clips (e.g. YouTubeClips) as --src.")
     out_dir.mkdir(parents=True, exist_ok=True)
-    if out_dir.resolve() == src_dir.resolve():
+    if src_dir is not None and out_dir.resolve() == src_dir.resolve():
         raise UserError("--out must differ from --src (outputs would replace the originals).")
     workers = workers or max(1, (os.cpu_count() or 1))
     t0 = time.time()
@@ -289,7 +293,8 @@ def prepare(src_dir: Path, out_dir: Path, opts: Options, workers: int = 0,
                "seconds": round(time.time() - t0, 1), "codec": opts.codec, "fps": opts.fps,
                "short_side": opts.short_side,
                "copied_ids": sorted(v for v, r in results.items() if r[0] == "copied"),
-               "failed_ids": sorted(v for v, r in results.items() if r[0] == "failed")}
+               "failed_ids": sorted(v for v, r in results.items() if r[0] == "failed"),
+               "outputs": {v: r[1] for v, r in results.items() if r[1]}}
     if opts.presample is not None:
         for vid, r in results.items():
             records.pop(vid, None)
@@ -332,10 +337,37 @@ def sampling_from_args(args) -> Sampling:
     return Sampling.from_config(data)
 
 
+def config_videos(config: str, sets: list[str]):
+    """(data config, video id -> output name, output name -> file) of a config's dataset."""
+    from clip4clip_dali.config import load_config
+    from clip4clip_dali.data.dataset import dataset_videos, output_names
+
+    data = load_config(config, sets).data
+    by_id = dataset_videos(data)
+    names = output_names(by_id)
+    return data, names, {names[v]: p for v, p in by_id.items()}
+
+
+def point_config_at(data, names: dict[str, str], out: Path, outputs: dict[str, str]) -> str:
+    """What to change in the config so it reads the prepared copies (JSONL: a new file)."""
+    if data.dataset != "jsonl":
+        return f"set data.features_path to {out}"
+    from clip4clip_dali.data.jsonl import write_prepared
+
+    path = write_prepared(data, out, {v: outputs[n] for v, n in names.items() if n in outputs})
+    return f"wrote {path} (same ids and splits): set data.data_path to it"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pipelines/prepare_msvd.py", description=__doc__.split("\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--src", required=True, help="folder of raw videos (searched recursively)")
+    p.add_argument("--src", help="folder of raw videos (searched recursively)")
+    p.add_argument("--config", help="a training config: without --src, its dataset's videos "
+                   "(data.dataset msvd, msrvtt or jsonl; every split); with --presample, the "
+                   "sampling keys (data.feature_framerate, max_frames, slice_framepos, "
+                   "image_resolution)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of --config, as for training (e.g. data.max_frames=8)")
     p.add_argument("--out", required=True, help="output folder (becomes data.features_path)")
     p.add_argument("--short-side", type=int, default=224, help="short side in pixels (default 224)")
     p.add_argument("--fps", type=float, default=3.0, help="output frame rate (default 3)")
@@ -350,10 +382,6 @@ def main(argv: list[str] | None = None) -> int:
     g.add_argument("--presample", action="store_true",
                    help="write clips holding only the frames CLIP4Clip samples, at the model's "
                         "resolution (vp9 or h264)")
-    g.add_argument("--config", help="read the sampling keys (data.feature_framerate, "
-                   "max_frames, slice_framepos, image_resolution) from this training config")
-    g.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="config override, as for training (e.g. data.max_frames=8)")
     for key in ("feature_framerate", "max_frames", "slice_framepos", "image_resolution"):
         g.add_argument("--" + key.replace("_", "-"), type=int, default=None,
                        help=f"data.{key} (overrides --config; default: the config's)")
@@ -379,8 +407,13 @@ def main(argv: list[str] | None = None) -> int:
                    crf=30 if args.crf is None else args.crf, max_duration=args.max_duration)
     if args.presample:
         opts.crf, opts.presample = args.crf, sampling_from_args(args)
-    s = prepare(Path(args.src), Path(args.out), opts, args.workers, ids, args.force,
-                manifest=not args.no_manifest)
+    if not args.src and not args.config:
+        raise UserError("pass --src (a folder of videos) or --config (a dataset's videos).")
+    data = names = videos = None
+    if args.config and not args.src:
+        data, names, videos = config_videos(args.config, args.set)
+    s = prepare(Path(args.src) if args.src else None, Path(args.out), opts, args.workers, ids,
+                args.force, manifest=not args.no_manifest, videos=videos)
     done = (f"{s['presampled']} pre-sampled ({opts.presample.describe()})" if args.presample
             else f"{s['transcoded']} transcoded")
     print(f"prepared {s['videos']} videos in {s['seconds']} s: {done}, "
@@ -391,6 +424,8 @@ def main(argv: list[str] | None = None) -> int:
     if s["copied_ids"]:
         print(f"copied unchanged (use loader=reference or a GPU for these): "
               f"{', '.join(s['copied_ids'][:10])}")
+    if data is not None:
+        print(point_config_at(data, names, Path(args.out), s["outputs"]))
     if s.get("unreadable"):
         print(f"unreadable (training will skip them): {', '.join(s['unreadable'][:10])}")
     return 1 if s["failed"] else 0

@@ -192,7 +192,7 @@ def make_cfg(args, data_path: Path | None, features_path: Path | None, overrides
 
 def load_bench_split(args, data_path: Path, features_path: Path, split: str, overrides=()):
     """(cfg, MSVDSplit of ``split``), at most --max-videos videos, the first ones listed."""
-    from clip4clip_dali.data.msvd import load_split
+    from clip4clip_dali.data.dataset import load_split
 
     cfg = make_cfg(args, data_path, features_path, overrides)
     sp = load_split(cfg.data, split)

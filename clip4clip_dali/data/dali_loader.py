@@ -374,7 +374,7 @@ def finish_batch(loader, batch: list[int], video: torch.Tensor) -> dict:
     decode order) are ``video``: frame order applied per sample (the reference loader's
     generator), masks, video indices and, in training, caption tokens. ``loader`` provides
     ``mode``, ``seed``, ``epoch``, ``frame_order``, ``max_frames``, ``device``, ``_video_of``,
-    ``_indices`` and (training) ``text`` / ``text_mask``."""
+    ``_indices`` and (training) ``_captions_of``, ``text`` / ``text_mask``."""
     n = len(batch)
     videos = [loader._video_of(i) for i in batch]
     counts = [len(loader._indices[v]) for v in videos]
@@ -389,7 +389,7 @@ def finish_batch(loader, batch: list[int], video: torch.Tensor) -> dict:
     out = {"video": video, "video_mask": mask.to(loader.device),
            "video_index": torch.tensor(videos, dtype=torch.int64).to(loader.device)}
     if loader.mode == "train":
-        idx = torch.as_tensor(batch, dtype=torch.int64)
+        idx = torch.as_tensor(loader._captions_of(batch), dtype=torch.int64)
         out["text"] = loader.text[idx].to(loader.device)
         out["text_mask"] = loader.text_mask[idx].to(loader.device)
     return out

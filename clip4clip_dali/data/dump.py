@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from ..config import load_config
     from .loader import build_loader
-    from .msvd import load_split
+    from .dataset import load_split
 
     cfg = load_config(args.config, args.set + [f"data.loader={args.backend}"])
     if args.limit < 1:

@@ -12,31 +12,24 @@ import argparse
 import io
 import json
 import logging
-import os
 import pickle
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-import numpy as np
-
-from ..errors import UserError, run_cli
+from ..errors import run_cli
+from .split import (VIDEO_EXTENSIONS, DatasetError, SplitListing, VideoTextSplit,  # noqa: F401
+                    build_split, default_manifest_path, find_videos)
 
 if TYPE_CHECKING:
     from ..config import DataConfig
-    from .manifest import VideoInfo
 
 log = logging.getLogger("clip4clip_dali")
 
 CAPTIONS_FILE = "raw-captions.pkl"
 SPLITS = ("train", "val", "test")
-VIDEO_EXTENSIONS = {".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
-                    ".wmv", ".3gp", ".ogv", ".ts", ".gif"}
-
-
-class DatasetError(UserError):
-    """The dataset on disk is not usable; the message names the file and the fix."""
+MSVDSplit = VideoTextSplit  # the name every caller used before the other layouts came
 
 
 class _CaptionsUnpickler(pickle.Unpickler):
@@ -138,27 +131,6 @@ def read_split_ids(data_path: str | Path, split: str) -> list[str]:
     return ids
 
 
-def find_videos(features_path: str | Path) -> dict[str, Path]:
-    """Video files under ``features_path`` by id (file name without its last extension)."""
-    root = Path(features_path)
-    if not root.is_dir():
-        raise DatasetError(f"video folder {root} does not exist; set data.features_path to the "
-                           f"folder holding the videos (e.g. MSVD's YouTubeClips).")
-    found: dict[str, Path] = {}
-    for dirpath, _dirs, files in os.walk(root, followlinks=True):
-        for name in sorted(files):
-            p = Path(dirpath) / name
-            if name.startswith(".") or p.suffix.lower() not in VIDEO_EXTENSIONS:
-                continue
-            vid = p.stem
-            if vid in found:
-                log.warning("video id %s found twice (%s and %s); using the first", vid,
-                            found[vid], p)
-                continue
-            found[vid] = p
-    return found
-
-
 @dataclass
 class SplitIndex:
     """Which listed ids of a split have captions and videos."""
@@ -193,35 +165,17 @@ def _report_missing(index: SplitIndex, data_path: Path, features_path: Path) -> 
                 len(index.listed) - len(index.usable), len(index.listed), "; ".join(parts))
 
 
-@dataclass
-class MSVDSplit:
-    """One split, ready for a loader. Sample i of training is caption i of video caption_video[i]."""
-
-    name: str
-    video_ids: list[str]
-    video_paths: list[Path]
-    video_info: list["VideoInfo"]
-    captions: list[str]
-    caption_video: np.ndarray  # int64, index into video_ids
-
-    def __len__(self) -> int:
-        return len(self.captions)
-
-    @property
-    def num_videos(self) -> int:
-        return len(self.video_ids)
-
-
-def default_manifest_path(features_path: str | Path) -> Path:
-    return Path(features_path) / ".clip4clip_manifest.json"
-
-
-def load_split(data_cfg: "DataConfig", split: str, probe: bool = True) -> MSVDSplit:
-    """Read one split, check its videos (probed once, cached in the manifest), drop the broken."""
+def _paths(data_cfg: "DataConfig") -> tuple[Path, Path]:
     data_path, features_path = Path(data_cfg.data_path), Path(data_cfg.features_path)
     if not data_path.is_dir():
         raise DatasetError(f"data folder {data_path} does not exist; set data.data_path to the "
                            f"folder with the split lists and {CAPTIONS_FILE}.")
+    return data_path, features_path
+
+
+def load_split(data_cfg: "DataConfig", split: str, probe: bool = True) -> VideoTextSplit:
+    """Read one split, check its videos (probed once, cached in the manifest), drop the broken."""
+    data_path, features_path = _paths(data_cfg)
     listed = read_split_ids(data_path, split)
     if not listed:
         raise DatasetError(f"{data_path / f'{split}_list.txt'} lists no videos.")
@@ -233,28 +187,23 @@ def load_split(data_cfg: "DataConfig", split: str, probe: bool = True) -> MSVDSp
         raise DatasetError(f"split {split}: none of the {len(listed)} listed videos has both "
                            f"captions and a video file under {features_path}; check "
                            f"data.features_path and the ids in {split}_list.txt.")
-    ids = index.usable
-    infos: list = [None] * len(ids)
-    if probe:
-        from .manifest import load_manifest
+    return build_split(split, index.usable, videos, captions, data_cfg,
+                       default_manifest_path(features_path), probe)
 
-        manifest_path = Path(data_cfg.manifest) if data_cfg.manifest else \
-            default_manifest_path(features_path)
-        manifest = load_manifest({v: videos[v] for v in ids}, manifest_path)
-        broken = [v for v in ids if not manifest[v].ok]
-        for v in broken:
-            log.warning("skipping unreadable video %s: %s", videos[v], manifest[v].error)
-        ids = [v for v in ids if manifest[v].ok]
-        if not ids:
-            raise DatasetError(f"split {split}: every video is unreadable (e.g. "
-                               f"{videos[broken[0]]}: {manifest[broken[0]].error}).")
-        infos = [manifest[v] for v in ids]
-    caps, owner = [], []
-    for i, v in enumerate(ids):
-        caps.extend(captions[v])
-        owner.extend([i] * len(captions[v]))
-    return MSVDSplit(split, ids, [videos[v] for v in ids], infos, caps,
-                     np.asarray(owner, dtype=np.int64))
+
+def split_names(data_cfg: "DataConfig") -> list[str]:
+    return list(SPLITS)
+
+
+def list_split(data_cfg: "DataConfig", split: str) -> SplitListing:
+    """What ``split`` lists, for the stats command (no video is opened)."""
+    data_path, features_path = _paths(data_cfg)
+    captions = load_captions(data_path / CAPTIONS_FILE)
+    listed = read_split_ids(data_path, split)
+    return SplitListing(split, listed, find_videos(features_path),
+                        {v: captions.get(v, []) for v in listed},
+                        default_manifest_path(features_path), f"under {features_path}",
+                        str(data_path / CAPTIONS_FILE))
 
 
 def dataset_stats(data_path: str | Path, features_path: str | Path | None = None) -> dict:

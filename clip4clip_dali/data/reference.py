@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 from ..workers import clean_context
 from .presampled import split_frames
 from .sampling import frame_order_permutation
-from .sharding import EpochShard
+from .sharding import EpochShard, epoch_captions, train_sample_count, train_sample_video
 from .text import Tokenizer
 
 if TYPE_CHECKING:
@@ -129,7 +129,8 @@ def pad_clip(frames: torch.Tensor, max_frames: int) -> tuple[torch.Tensor, torch
 
 
 class ClipDataset(Dataset):
-    """Train mode: item i is caption i with its video. Eval mode: item i is video i."""
+    """Train mode: item i is training sample i (``sharding``: a caption with its video, or a
+    video with this epoch's caption). Eval mode: item i is video i."""
 
     def __init__(self, split: "MSVDSplit", data_cfg: "DataConfig", mode: str, seed: int = 0):
         if mode not in ("train", "eval"):
@@ -142,10 +143,15 @@ class ClipDataset(Dataset):
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
 
     def __len__(self) -> int:
-        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
+        return train_sample_count(self.split) if self.mode == "train" else self.split.num_videos
+
+    def caption_of(self, i: int) -> int:
+        if getattr(self, "_captions", (None,))[0] != self.epoch:
+            self._captions = (self.epoch, epoch_captions(self.split, self.epoch, self.seed))
+        return int(self._captions[1][i])
 
     def __getitem__(self, i: int):
-        v = int(self.split.caption_video[i]) if self.mode == "train" else i
+        v = train_sample_video(self.split, i) if self.mode == "train" else i
         path = self.split.video_paths[v]
         if len(self.indices[v]) == 0:  # a pre-sampled file unlike its record (named already)
             return None
@@ -160,7 +166,8 @@ class ClipDataset(Dataset):
         video, mask = pad_clip(frames, self.cfg.max_frames)
         item = {"video": video, "video_mask": mask, "video_index": torch.tensor(v)}
         if self.mode == "train":
-            item["text"], item["text_mask"] = self.text[i], self.text_mask[i]
+            c = self.caption_of(i)
+            item["text"], item["text_mask"] = self.text[c], self.text_mask[c]
         return item
 
 

@@ -3,6 +3,11 @@
 Training shuffles with a seed shared by all ranks and reshuffled every epoch, and may drop the
 tail so every rank runs the same number of full batches. Evaluation keeps every sample exactly
 once: shards may then differ in length by one, and nothing is padded or duplicated.
+
+What a training sample is lives here too: a (video, caption) pair, or, for a split with
+``caption_per_epoch`` (MSR-VTT without ``data.msrvtt_unfold_sentences``), a video with one of
+its captions drawn per epoch from (seed, epoch) alone: the same on every rank, in a resumed
+run and in a rerun.
 """
 from __future__ import annotations
 
@@ -31,21 +36,60 @@ def shard_order(n: int, epoch: int, seed: int, shuffle: bool, num_shards: int = 
     return order[shard_id::num_shards].astype(np.int64)
 
 
+# Entropy key of the caption draw's generator: 4 words, so it never equals the shuffle's
+# ([seed, epoch]) or a sample's frame-order generator ([seed, epoch, i]).
+_CAPTION_DRAW = 0x43415054
+
+
+def train_sample_count(split) -> int:
+    """Training samples of ``split`` per epoch: its videos or its (video, caption) pairs."""
+    return split.num_videos if split.caption_per_epoch else len(split.captions)
+
+
+def train_sample_video(split, i: int) -> int:
+    """The video of training sample ``i``."""
+    return int(i) if split.caption_per_epoch else int(split.caption_video[i])
+
+
+def epoch_captions(split, epoch: int, seed: int) -> np.ndarray:
+    """The caption (index into ``split.captions``) of every training sample in ``epoch``."""
+    if not split.caption_per_epoch:
+        return np.arange(len(split.captions), dtype=np.int64)
+    owner = np.asarray(split.caption_video, dtype=np.int64)
+    counts = np.bincount(owner, minlength=split.num_videos)
+    if (counts == 0).any():
+        raise ValueError(f"split {split.name}: video {split.video_ids[int(np.argmin(counts))]} "
+                         f"has no caption to draw")
+    by_video = np.argsort(owner, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    rng = np.random.default_rng([seed, epoch, 0, _CAPTION_DRAW])
+    pick = np.minimum((rng.random(split.num_videos) * counts).astype(np.int64), counts - 1)
+    return by_video[starts + pick]
+
+
 class EpochShard:
     """A loader's per-rank sample order and batch count for the current epoch.
 
-    Subclasses set ``split`` (an MSVDSplit), ``mode`` ("train" or "eval"), ``batch_size``,
+    Subclasses set ``split`` (a VideoTextSplit), ``mode`` ("train" or "eval"), ``batch_size``,
     ``seed``, ``rank``, ``world_size`` and ``epoch``. A sample is a caption (training) or a
     video (evaluation). Training shuffles and keeps only full batches; evaluation keeps every
     sample once, in order.
     """
 
     def num_samples(self) -> int:
-        return len(self.split.captions) if self.mode == "train" else self.split.num_videos
+        return train_sample_count(self.split) if self.mode == "train" else self.split.num_videos
 
     def _video_of(self, i: int) -> int:
         """The video of sample ``i``."""
-        return int(self.split.caption_video[i]) if self.mode == "train" else int(i)
+        return train_sample_video(self.split, i) if self.mode == "train" else int(i)
+
+    def _captions_of(self, batch: list[int]) -> np.ndarray:
+        """The captions of training samples ``batch`` in the current epoch."""
+        cached = getattr(self, "_epoch_captions", None)
+        if cached is None or cached[0] != (self.epoch, self.seed):
+            cached = ((self.epoch, self.seed), epoch_captions(self.split, self.epoch, self.seed))
+            self._epoch_captions = cached
+        return cached[1][np.asarray(batch, dtype=np.int64)]
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch

@@ -1,0 +1,180 @@
+"""The layout-neutral split every loader, the frame cache and evaluation read, and the steps
+all dataset readers share: finding video files, reporting what is missing, probing the videos
+once (cached in the manifest) and dropping the unreadable ones.
+
+A reader (``msvd``, ``msrvtt``, ``jsonl``) turns its layout into a ``SplitListing`` (the videos
+a split lists, the files found for them, their captions); ``build_split`` makes the
+``VideoTextSplit`` from it. ``dataset.load_split`` picks the reader.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import numpy as np
+
+from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..config import DataConfig
+    from .manifest import VideoInfo
+
+log = logging.getLogger("clip4clip_dali")
+
+VIDEO_EXTENSIONS = {".avi", ".mp4", ".webm", ".mkv", ".mov", ".m4v", ".mpg", ".mpeg", ".flv",
+                    ".wmv", ".3gp", ".ogv", ".ts", ".gif"}
+
+
+class DatasetError(UserError):
+    """The dataset on disk is not usable; the message names the file and the fix."""
+
+
+@dataclass
+class VideoTextSplit:
+    """One split, ready for a loader.
+
+    ``captions[j]`` belongs to video ``caption_video[j]``. Evaluation reads each video once and
+    every caption. Training reads one sample per (video, caption) pair, or, with
+    ``caption_per_epoch``, one sample per video with one of its captions drawn each epoch
+    (``sharding.epoch_captions``, the one place that maps a training sample to its caption).
+    """
+
+    name: str
+    video_ids: list[str]
+    video_paths: list[Path]
+    video_info: list["VideoInfo"]
+    captions: list[str]
+    caption_video: np.ndarray  # int64, index into video_ids
+    caption_per_epoch: bool = False
+
+    def __len__(self) -> int:
+        return len(self.captions)
+
+    @property
+    def num_videos(self) -> int:
+        return len(self.video_ids)
+
+
+def default_manifest_path(features_path: str | Path) -> Path:
+    return Path(features_path) / ".clip4clip_manifest.json"
+
+
+def find_videos(features_path: str | Path) -> dict[str, Path]:
+    """Video files under ``features_path`` by id (file name without its last extension)."""
+    root = Path(features_path)
+    if not root.is_dir():
+        raise DatasetError(f"video folder {root} does not exist; set data.features_path to the "
+                           f"folder holding the videos (e.g. MSVD's YouTubeClips).")
+    found: dict[str, Path] = {}
+    for dirpath, _dirs, files in os.walk(root, followlinks=True):
+        for name in sorted(files):
+            p = Path(dirpath) / name
+            if name.startswith(".") or p.suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            vid = p.stem
+            if vid in found:
+                log.warning("video id %s found twice (%s and %s); using the first", vid,
+                            found[vid], p)
+                continue
+            found[vid] = p
+    return found
+
+
+@dataclass
+class SplitListing:
+    """What a split lists before any video is opened.
+
+    ``listed``: video ids in order; ``videos``: the files found for them (a listed id without a
+    file is missing); ``captions``: captions per listed id; ``manifest``: where the probe cache
+    goes by default; ``video_source`` / ``caption_source``: where videos and captions come
+    from, for messages.
+    """
+
+    name: str
+    listed: list[str]
+    videos: dict[str, Path]
+    captions: dict[str, list[str]]
+    manifest: Path
+    video_source: str
+    caption_source: str
+    caption_per_epoch: bool = False
+    notes: list[str] = field(default_factory=list)  # reader remarks, for the stats command
+
+    @property
+    def no_video(self) -> list[str]:
+        return [v for v in self.listed if v not in self.videos]
+
+    @property
+    def no_captions(self) -> list[str]:
+        return [v for v in self.listed if not self.captions.get(v)]
+
+    @property
+    def usable(self) -> list[str]:
+        return [v for v in self.listed if v in self.videos and self.captions.get(v)]
+
+
+def report_missing(listing: SplitListing) -> None:
+    """One warning naming how many listed videos are skipped, and why."""
+    no_video, no_captions = listing.no_video, listing.no_captions
+    if not (no_video or no_captions):
+        return
+    parts = []
+    if no_video:
+        parts.append(f"{len(no_video)} with no video file {listing.video_source} "
+                     f"(e.g. {', '.join(no_video[:3])})")
+    if no_captions:
+        parts.append(f"{len(no_captions)} with no captions in {listing.caption_source} "
+                     f"(e.g. {', '.join(no_captions[:3])})")
+    log.warning("split %s: %d of %d listed videos skipped: %s", listing.name,
+                len(listing.listed) - len(listing.usable), len(listing.listed), "; ".join(parts))
+
+
+def manifest_path(data_cfg: "DataConfig", default: Path) -> Path:
+    return Path(data_cfg.manifest) if data_cfg.manifest else default
+
+
+def build_split(name: str, ids: list[str], videos: dict[str, Path],
+                captions: dict[str, list[str]], data_cfg: "DataConfig", default_manifest: Path,
+                probe: bool = True, caption_per_epoch: bool = False) -> VideoTextSplit:
+    """The split of ``ids`` (each with a file and captions): videos probed once (cached in the
+    manifest) and the unreadable ones dropped with a warning; an error when none is left."""
+    infos: list = [None] * len(ids)
+    if probe:
+        from .manifest import load_manifest
+
+        manifest = load_manifest({v: videos[v] for v in ids},
+                                 manifest_path(data_cfg, default_manifest))
+        broken = [v for v in ids if not manifest[v].ok]
+        for v in broken:
+            log.warning("skipping unreadable video %s: %s", videos[v], manifest[v].error)
+        ids = [v for v in ids if manifest[v].ok]
+        if not ids:
+            raise DatasetError(f"split {name}: every video is unreadable (e.g. "
+                               f"{videos[broken[0]]}: {manifest[broken[0]].error}).")
+        infos = [manifest[v] for v in ids]
+    caps, owner = [], []
+    for i, v in enumerate(ids):
+        caps.extend(captions[v])
+        owner.extend([i] * len(captions[v]))
+    return VideoTextSplit(name, ids, [videos[v] for v in ids], infos, caps,
+                          np.asarray(owner, dtype=np.int64), caption_per_epoch)
+
+
+def load_listing(listing: SplitListing, data_cfg: "DataConfig",
+                 probe: bool = True) -> VideoTextSplit:
+    """Report what ``listing`` misses, then build the split of its usable videos."""
+    report_missing(listing)
+    if not listing.usable:
+        raise DatasetError(f"split {listing.name}: none of the {len(listing.listed)} listed "
+                           f"videos has both captions ({listing.caption_source}) and a video "
+                           f"file ({listing.video_source}).")
+    return build_split(listing.name, listing.usable, listing.videos, listing.captions, data_cfg,
+                       listing.manifest, probe, listing.caption_per_epoch)
+
+
+def clean_caption(text: Optional[str]) -> str:
+    """A caption with its whitespace collapsed ('' for None)."""
+    return " ".join(text.split()) if text else ""
