@@ -55,7 +55,7 @@ from .dali_support import (CPU_CODECS, GPU_CODECS, GPU_MIN_SIZE,  # noqa: F401 (
 from .presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
 from .sampling import frame_order_permutation
-from .sharding import EpochPlan, EpochShard
+from .sharding import EpochShard
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -308,13 +308,9 @@ class DaliLoader(EpochShard):
         """This epoch's batches from batch ``start_batch`` on (exact mid-epoch resume): the
         first ``start_batch`` batches are planned (same samples, same refills for videos
         already known to be broken) but never read or decoded."""
-        order = [int(i) for i in self.indices()]
-        num_batches = len(order) // self.batch_size if self.mode == "train" else None
-        plan = EpochPlan(order, self.batch_size, num_batches,
-                     lambda i: self._video_of(i) not in self.bad_videos)
-        for _ in range(max(0, int(start_batch))):
-            if plan.next_batch() is None:
-                return
+        plan = self.plan(lambda i: self._video_of(i) not in self.bad_videos, start_batch)
+        if plan is None:
+            return
         while True:
             dispatch = _Dispatch(plan, self.pipelines)
             if self._idle is not None:

@@ -30,7 +30,7 @@ from ..errors import UserError
 from .dali_loader import finish_batch
 from .presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
-from .sharding import EpochPlan, EpochShard
+from .sharding import EpochShard
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -137,13 +137,9 @@ class CachedLoader(EpochShard):
     def iter_from(self, start_batch: int = 0):
         """This epoch's batches from batch ``start_batch`` on (exact mid-epoch resume)."""
         self.fill()
-        order = [int(i) for i in self.indices()]
-        num_batches = len(order) // self.batch_size if self.mode == "train" else None
-        plan = EpochPlan(order, self.batch_size, num_batches,
-                         lambda i: bool(self.cached[self._video_of(i)]))
-        for _ in range(max(0, int(start_batch))):
-            if plan.next_batch() is None:
-                return
+        plan = self.plan(lambda i: bool(self.cached[self._video_of(i)]), start_batch)
+        if plan is None:
+            return
         while (batch := plan.next_batch()) is not None:
             videos = torch.as_tensor([self._video_of(i) for i in batch])
             pixels = self.frames[videos.to(self.frames.device)].to(self.device)

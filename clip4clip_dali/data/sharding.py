@@ -105,6 +105,18 @@ class EpochShard:
         n = len(self.indices())
         return n // self.batch_size if self.mode == "train" else -(-n // self.batch_size)
 
+    def plan(self, usable, start_batch: int = 0) -> Optional["EpochPlan"]:
+        """This epoch's batch plan with its first ``start_batch`` batches already made (exact
+        mid-epoch resume: planned with the same refills, never decoded); None when the epoch
+        ends before ``start_batch``. ``usable(sample)`` says whether a sample can be served."""
+        order = [int(i) for i in self.indices()]
+        num_batches = len(order) // self.batch_size if self.mode == "train" else None
+        plan = EpochPlan(order, self.batch_size, num_batches, usable)
+        for _ in range(max(0, int(start_batch))):
+            if plan.next_batch() is None:
+                return None
+        return plan
+
 
 class EpochPlan:
     """The batches of one epoch on one rank, built lazily so failed samples can be put back.

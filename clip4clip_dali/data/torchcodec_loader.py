@@ -52,7 +52,7 @@ from .dali_loader import finish_batch, resize_size
 from .presampled import split_frames
 from .reference import (CLIP_MEAN, CLIP_STD, DecodeError, clip_transform, decode_frames,
                         normalize_image, yuv420_to_image)
-from .sharding import EpochPlan, EpochShard
+from .sharding import EpochShard
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -307,13 +307,9 @@ class TorchcodecLoader(EpochShard):
     def iter_from(self, start_batch: int = 0):
         """This epoch's batches from batch ``start_batch`` on (exact mid-epoch resume): the
         skipped batches are planned, never decoded."""
-        order = [int(i) for i in self.indices()]
-        num_batches = len(order) // self.batch_size if self.mode == "train" else None
-        plan = EpochPlan(order, self.batch_size, num_batches,
-                         lambda i: self._video_of(i) not in self.bad_videos)
-        for _ in range(max(0, int(start_batch))):
-            if plan.next_batch() is None:
-                return
+        plan = self.plan(lambda i: self._video_of(i) not in self.bad_videos, start_batch)
+        if plan is None:
+            return
         pending: collections.deque = collections.deque()
         with ThreadPoolExecutor(max(1, self.threads), initializer=self._bind_thread) as pool:
             def top_up():
