@@ -18,7 +18,7 @@ log = logging.getLogger("clip4clip_dali")
 
 def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) -> dict | None:
     """Every rank indexes; rank 0 searches, prints and returns what it found."""
-    from .data.msvd import load_captions
+    from .data.dataset import load_split
     from .indexer import build_index, split_candidates
     from .runsetup import checkpoint_config
     from .video_index import Searcher
@@ -36,7 +36,10 @@ def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) 
     searcher = Searcher.open(index_dir, device=info.device)
     index = searcher.index
     first = index.records[0]
-    captions = load_captions(Path(cfg.data.data_path) / "raw-captions.pkl")
+    listing = load_split(cfg.data, split, probe=False)
+    captions: dict[str, list[str]] = {}
+    for text, v in zip(listing.captions, listing.caption_video):
+        captions.setdefault(listing.video_ids[int(v)], []).append(text)
     query = captions[first.id][0]
     hits = searcher.search([query], top_k)[0]
     right = hits[0]["id"] == first.id

@@ -73,13 +73,16 @@ def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
 
 
 def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
-    """The videos of an MSVD-format split (``data.data_path``, ``data.features_path``)."""
-    from .data.msvd import load_split
+    """The videos of a split of the config's dataset (any layout), relative to the deepest
+    folder that holds them all (a JSONL file's videos need not lie under data.features_path)."""
+    from .data.dataset import load_split
 
     s = load_split(cfg.data, split, probe=False)
-    root = Path(cfg.data.features_path).resolve()
-    out = [_candidate(root, Path(p).resolve().relative_to(root).as_posix(), vid)
-           for vid, p in zip(s.video_ids, s.video_paths)]
+    paths = [Path(p).resolve() for p in s.video_paths]
+    root = Path(os.path.commonpath([p.parent for p in paths])) if paths else \
+        Path(cfg.data.features_path).resolve()
+    out = [_candidate(root, p.relative_to(root).as_posix(), vid)
+           for vid, p in zip(s.video_ids, paths)]
     return root, [c for c in out if c is not None]
 
 

@@ -249,6 +249,8 @@ def prepare(src_dir: Path | None, out_dir: Path, opts: Options, workers: int = 0
     """Transcode ``videos`` (output name -> file; default: every video under ``src_dir``)."""
     from clip4clip_dali.data.msvd import find_videos
 
+    src_dir = None if src_dir is None else Path(src_dir)
+    out_dir = Path(out_dir)
     videos = find_videos(src_dir) if videos is None else videos
     if ids is not None:
         missing = [v for v in ids if v not in videos]

@@ -220,7 +220,7 @@ def test_every_loader_reads_the_same_drawn_caption_and_resumes_mid_epoch(msrvtt)
     loaders = [DaliLoader(split, c, "train", 2, seed=9),
                ReferenceLoader(split, c, "train", 2, seed=9, num_workers=0),
                CachedLoader(split, c, "train", 2,
-                            lambda d: DaliLoader(split, d, "eval", 4), seed=9)]
+                            lambda d, rank, ranks: DaliLoader(split, d, "eval", 4), seed=9)]
     for epoch in (0, 1):
         runs = []
         for loader in loaders:

@@ -246,7 +246,7 @@ def test_demo_reaches_three_times_chance(tmp_path):
 def test_trains_and_evaluates_on_real_msvd_clips(tmp_path, prepared):
     """The trainer end to end on the 12 real MSVD clips (7 train, 5 test): prepared by
     pipelines/prepare_msvd.py and read by DALI, or as shipped (H.264 AVI, which DALI cannot
-    decode on a CPU: auto falls back to the reference loader)."""
+    decode on a CPU: auto takes torchcodec, or the reference loader without it)."""
     from conftest import MINI_MSVD, require_realdata
 
     require_realdata()
@@ -268,7 +268,10 @@ def test_trains_and_evaluates_on_real_msvd_clips(tmp_path, prepared):
         args += ["--set", s]
     p = run_train(args)
     check(p)
-    assert f"loader {'dali' if prepared else 'reference'}" in p.stderr
+    from clip4clip_dali.data.torchcodec_loader import torchcodec_import_error
+
+    cpu_fallback = "reference" if torchcodec_import_error() else "torchcodec"
+    assert f"loader {'dali' if prepared else cpu_fallback}" in p.stderr
     assert all(math.isfinite(x) for x in losses(run)) and len(losses(run)) >= 2
     res = json.loads((run / "eval_test.json").read_text())
     assert res["videos"] == 5 and res["captions"] > 5  # every test clip decoded and ranked
