@@ -13,6 +13,23 @@ REALDATA = Path(os.environ.get("CLIP4CLIP_REALDATA", REPO.parent / "shared" / "r
 MINI_MSVD = REALDATA / "mini_msvd"
 
 
+def run_ranks(target, args_of_rank, ranks, timeout: float) -> None:
+    """Start ``target(*args_of_rank(r))`` in a spawned process per rank; every rank must exit 0
+    within ``timeout`` seconds (a hung rank is killed and fails the test)."""
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    procs = [ctx.Process(target=target, args=args_of_rank(r)) for r in ranks]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout=timeout)
+    for p in procs:
+        if p.is_alive():
+            p.kill()
+        assert p.exitcode == 0, "a rank hung or failed"
+
+
 def require_realdata() -> Path:
     if not MINI_MSVD.is_dir():
         pytest.skip(f"real data not found at {REALDATA} (set CLIP4CLIP_REALDATA)")

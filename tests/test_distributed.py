@@ -4,6 +4,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clip4clip_dali.distributed import all_gather_varlen
+from conftest import run_ranks
 
 ROWS = {0: 3, 1: 0, 2: 2}  # rank -> rows it holds
 
@@ -20,17 +21,7 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
 
 
 def test_uneven_gather_no_deadlock_in_rank_order(tmp_path):
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), str(tmp_path)))
-             for r in ROWS]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=120)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-        assert p.exitcode == 0, "a rank hung or failed"
+    run_ranks(_worker, lambda r: (r, str(tmp_path / "init"), str(tmp_path)), ROWS, 120)
     want = torch.cat([torch.full((n, 4), float(r)) + torch.arange(n)[:, None]
                       for r, n in ROWS.items()])
     for r in ROWS:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_ranks
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
 
 RANKS = 2
@@ -49,17 +49,8 @@ def test_each_rank_decodes_its_share_and_the_cache_is_gathered(dataset, tmp_path
     from clip4clip_dali.data.frame_cache import CachedLoader
     from clip4clip_dali.data.msvd import load_split
 
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_worker, args=(r, str(tmp_path / "init"), dataset,
-                                               str(tmp_path))) for r in range(RANKS)]
-    for p in procs:
-        p.start()
-    for p in procs:
-        p.join(timeout=300)
-    for p in procs:
-        if p.is_alive():
-            p.kill()
-        assert p.exitcode == 0, "a rank hung or failed"
+    run_ranks(_worker, lambda r: (r, str(tmp_path / "init"), dataset, str(tmp_path)),
+              range(RANKS), 300)
     got = [torch.load(tmp_path / f"rank{r}.pt") for r in range(RANKS)]
     assert sorted(got[0]["decoded"]) == [0, 2, 4] and sorted(got[1]["decoded"]) == [1, 3, 5]
     cfg = data_config(dataset, train_frame_order=1)

@@ -129,3 +129,12 @@ def machine_name(gpu: dict | None) -> str:
         slug = gpu["name"].lower().replace("nvidia", "").strip().split()
         return f"gpu-{'-'.join(slug[:2]) or 'cuda'}-{date}"
     return f"cpu-{usable_cores()}core-{date}"
+
+
+def merge_section(into: dict, name: str, sec: dict, tables=("datasets",)) -> None:
+    """Fold section ``name`` of one result file (``sec``) into ``into``: the first file's
+    config, the union of its ``tables`` (dicts by data set), and every row."""
+    dst = into.setdefault(name, {"config": sec["config"], "rows": []})
+    for key in tables:
+        dst.setdefault(key, {}).update(sec.get(key, {}))
+    dst["rows"] += sec["rows"]

@@ -13,7 +13,7 @@ from __future__ import annotations
 import traceback
 
 from . import timing
-from .common import fmt, fmt_stat, log, na, short_error, status_text
+from .common import fmt, fmt_stat, log, merge_section, na, short_error, status_text
 from .datasets import datasets, load_bench_split
 from .decoders import CPU_KINDS, GPU_KINDS, NAMES, DecoderUtilisation, make, repeated, unsupported
 
@@ -202,6 +202,4 @@ def plot(doc: dict):
 
 
 def merge(into: dict, sec: dict) -> None:
-    dst = into.setdefault(NAME, {"config": sec["config"], "datasets": {}, "rows": []})
-    dst.setdefault("datasets", {}).update(sec.get("datasets", {}))
-    dst["rows"] += sec["rows"]
+    merge_section(into, NAME, sec)

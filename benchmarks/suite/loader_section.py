@@ -11,7 +11,7 @@ import traceback
 import numpy as np
 
 from . import timing
-from .common import fmt, fmt_stat, log, na, short_error, status_text
+from .common import fmt, fmt_stat, log, merge_section, na, short_error, status_text
 from .datasets import datasets, load_bench_split
 from .loaders import DALI_KINDS, LOADER_NAMES, cache_filler, make_loader, on_gpu, unsupported_reason
 
@@ -284,8 +284,4 @@ def plot(doc: dict):
 
 
 def merge(into: dict, sec: dict) -> None:
-    dst = into.setdefault(NAME, {"config": sec["config"], "datasets": {}, "dataset_info": {},
-                                 "dataset_shapes": {}, "rows": []})
-    for key in ("datasets", "dataset_info", "dataset_shapes"):
-        dst.setdefault(key, {}).update(sec.get(key, {}))
-    dst["rows"] += sec["rows"]
+    merge_section(into, NAME, sec, ("datasets", "dataset_info", "dataset_shapes"))
