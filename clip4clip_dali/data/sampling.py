@@ -15,13 +15,18 @@ import numpy as np
 
 
 def frame_indices(num_frames: int, fps: float, feature_framerate: int, max_frames: int,
-                  slice_framepos: int) -> np.ndarray:
+                  slice_framepos: int, window: tuple[int, int] | None = None) -> np.ndarray:
     """Sorted int64 indices of the frames CLIP4Clip samples from a clip of ``num_frames`` frames.
 
     An empty clip gives an empty array. A frame rate below 1 is treated as 1 (every frame is
     more than a second apart, so every frame is a sample); the original divides by zero there.
     When ``feature_framerate`` exceeds the integer frame rate, every frame of each second is
     taken (the original asserts).
+
+    ``window`` = ``(start_sec, end_sec)``, integer seconds as ``normalise_window`` makes them,
+    samples only the seconds ``start_sec..min(end_sec, duration)`` (both ends included, as the
+    original's ``rawvideo_util`` does); ``None`` is the whole clip. A window that starts past
+    the clip's end gives an empty array: ``window_frame_indices`` says what to do then.
     """
     if not math.isfinite(fps) or fps <= 0:
         raise ValueError(f"frame rate must be a positive number, got {fps!r}")
@@ -37,7 +42,8 @@ def frame_indices(num_frames: int, fps: float, feature_framerate: int, max_frame
     interval = max(ifps // feature_framerate, 1)
     offsets = np.arange(0, ifps, interval)[:feature_framerate]
     duration = (num_frames + ifps - 1) // ifps
-    seconds = np.arange(0, duration + 1)
+    first, last = (0, duration) if window is None else (window[0], min(window[1], duration))
+    seconds = np.arange(first, last + 1)
     candidates = (seconds[:, None] * ifps + offsets[None, :]).reshape(-1)
     # The original stops at the first missing frame; candidates increase, so that is a cut.
     stop = np.searchsorted(candidates, num_frames)
@@ -52,6 +58,43 @@ def frame_indices(num_frames: int, fps: float, feature_framerate: int, max_frame
             keep = np.linspace(0, len(indices) - 1, num=max_frames, dtype=int)
             indices = indices[keep]
     return indices
+
+
+def normalise_window(start: float | None, end: float | None) -> tuple[int, int] | None:
+    """A caption's time window in whole seconds, by the original's rules (its DiDeMo and
+    ActivityNet loaders): each end cast with ``int()``, negatives made 0, an inverted window
+    swapped, an empty one (start == end) widened by a second. ``None`` for no window."""
+    if start is None and end is None:
+        return None
+    for name, value in (("start", start), ("end", end)):
+        if value is None or not math.isfinite(float(value)):
+            raise ValueError(f"a time window needs a finite {name} in seconds, got {value!r}")
+    s, e = max(int(float(start)), 0), max(int(float(end)), 0)
+    if s > e:
+        s, e = e, s
+    elif s == e:
+        e += 1
+    return s, e
+
+
+def window_frame_indices(num_frames: int, fps: float, feature_framerate: int, max_frames: int,
+                         slice_framepos: int, window: tuple[int, int] | None
+                         ) -> tuple[np.ndarray, str | None]:
+    """``frame_indices`` inside ``window``, never empty for a non-empty clip.
+
+    A window past the clip's end gives the original no frames, an all-zero mask and so a NaN
+    video feature. Here it samples the clip's last second instead and returns a note saying so
+    (the caller logs it, naming the video); the note is None when the window was served as is.
+    """
+    idx = frame_indices(num_frames, fps, feature_framerate, max_frames, slice_framepos, window)
+    if len(idx) or num_frames <= 0 or window is None:
+        return idx, None
+    last = (int(num_frames) - 1) // max(int(fps), 1)
+    idx = frame_indices(num_frames, fps, feature_framerate, max_frames, slice_framepos,
+                        (last, last))
+    seconds = (int(num_frames) + max(int(fps), 1) - 1) // max(int(fps), 1)
+    return idx, (f"time window {window[0]}-{window[1]} s starts past the video's end "
+                 f"({seconds} s); sampled its last second instead")
 
 
 def clip_frame_indices(info, data_cfg) -> np.ndarray:
