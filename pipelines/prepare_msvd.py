@@ -434,4 +434,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    # Run the module's importable copy: the pool's workers find its jobs by module name (they
+    # never re-run the main script; see clip4clip_dali.workers).
+    import prepare_msvd
+
+    run_cli(prepare_msvd.main)
