@@ -87,12 +87,41 @@ def checkpoint_config(path: str | Path, fallback: Config | None = None) -> Confi
     return fallback
 
 
+def offline_model_config(cfg: Config) -> Config:
+    """``cfg`` with ``model.pretrained = 'none'``, for a model whose weights all come from a
+    checkpoint: nothing is downloaded or read for the starting weights. What those weights
+    decided about the architecture (QuickGELU for OpenAI's) is kept: from the open_clip tag's
+    description (no download), or from the local file when it is still there."""
+    import dataclasses
+
+    from .model import backbone as bb
+
+    model = cfg.model
+    tag = (model.pretrained or "none").strip()
+    if model.quick_gelu is None and tag.lower() not in ("none", "", "random"):
+        quick = None
+        if Path(tag).expanduser().is_file():
+            quick = bool(bb.read_checkpoint(str(Path(tag).expanduser()))[1].get("openai"))
+        elif not bb._looks_like_path(tag):
+            import open_clip
+
+            pcfg = open_clip.get_pretrained_cfg(bb.normalize_model_name(model.name), tag) or {}
+            quick = bool(pcfg.get("quick_gelu", False))
+        if quick is None:
+            raise UserError(f"the checkpoint's config starts from model.pretrained = {tag!r}, "
+                            f"which is not here; whether the model uses QuickGELU depends on "
+                            f"it: pass --set model.quick_gelu=true (OpenAI's weights) or false.")
+        quick_cfg = bb.resolve_model_config(model.name, model.open_clip_config)
+        model = dataclasses.replace(model, quick_gelu=quick or bool(quick_cfg.get("quick_gelu")))
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, pretrained="none"))
+
+
 def model_from_checkpoint(path: str | Path, cfg: Config, device: torch.device) -> torch.nn.Module:
     """``cfg``'s model with the checkpoint's weights, in eval mode (``fp16_weights`` runs keep
-    CLIP in fp16, as they were trained)."""
+    CLIP in fp16, as they were trained). The starting weights are never fetched."""
     with warnings.catch_warnings():  # "starts from random weights": the checkpoint's follow
         warnings.filterwarnings("ignore", message="model.pretrained = 'none'")
-        model = build_model(cfg, device)
+        model = build_model(offline_model_config(cfg), device)
     ckpt.load_model_weights(model, path)
     if cfg.train.precision == "fp16_weights" and hasattr(model, "convert_clip_to_fp16"):
         model.convert_clip_to_fp16()

@@ -18,6 +18,8 @@ import pytest
 
 from conftest import REPO, require_realdata
 
+pytest_plugins = ["reliability_fixtures"]
+
 pytestmark = pytest.mark.skipif(not Path("/proc/self/environ").exists(), reason="needs /proc")
 
 
@@ -75,25 +77,9 @@ def kill_when_workers_run(proc: subprocess.Popen, marker: str, workers: int, sig
     return left
 
 
-@pytest.fixture(scope="module")
-def clips(tmp_path_factory) -> Path:
-    from clip4clip_dali.data.synthetic import generate_dataset
-
-    root = tmp_path_factory.mktemp("kill") / "data"
-    generate_dataset(root, 6, codec="vp9", seed=1, min_seconds=2.0, max_seconds=2.5)
-    return root
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
-    from search_fixtures import save_untrained
-
-    return save_untrained(tmp_path_factory.mktemp("kill_ckpt") / "tiny.pt")
-
-
-def test_sigkill_of_training_leaves_no_worker(clips, tmp_path):
+def test_sigkill_of_training_leaves_no_worker(tiny_clips, tmp_path):
     marker = uuid.uuid4().hex
-    sets = [f"data.data_path={clips}", f"data.features_path={clips / 'videos'}",
+    sets = [f"data.data_path={tiny_clips}", f"data.features_path={tiny_clips / 'videos'}",
             "data.synthetic.videos=0", "data.loader=reference", "data.num_workers=2",
             "data.frame_cache=false", "train.batch_size=2", "train.epochs=1000",
             f"train.output_dir={tmp_path / 'run'}", "eval.index_test_split=false"]
@@ -103,16 +89,16 @@ def test_sigkill_of_training_leaves_no_worker(clips, tmp_path):
     assert kill_when_workers_run(proc, marker, 2, signal.SIGKILL) == []
 
 
-def test_sigterm_of_index_leaves_no_worker(clips, checkpoint, tmp_path):
+def test_sigterm_of_index_leaves_no_worker(tiny_clips, tiny_checkpoint, tmp_path):
     # the reference loader over many (hard-linked) copies of the clips, so it is still reading
     videos = tmp_path / "videos"
     videos.mkdir()
     for i in range(8):
-        for clip in sorted((clips / "videos").iterdir()):
+        for clip in sorted((tiny_clips / "videos").glob("*.webm")):
             os.link(clip, videos / f"{i}_{clip.name}")
     marker = uuid.uuid4().hex
     proc = start([sys.executable, "-m", "clip4clip_dali.index", "--no-progress", "--checkpoint",
-                  str(checkpoint), "--videos", str(videos), "--out", str(tmp_path / "index"),
+                  str(tiny_checkpoint), "--videos", str(videos), "--out", str(tmp_path / "index"),
                   "--set", "data.loader=reference", "--set", "data.num_workers=2"], marker)
     assert kill_when_workers_run(proc, marker, 2, signal.SIGTERM) == []
 
@@ -134,12 +120,12 @@ print("scores", tuple((text @ videos.T).shape))
 """
 
 
-def test_api_from_a_plain_script_on_an_h264_clip(checkpoint, tmp_path):
+def test_api_from_a_plain_script_on_an_h264_clip(tiny_checkpoint, tmp_path):
     """The README's snippet, saved as a script without a ``__main__`` guard, on a real H.264
     clip: read by the reference loader's worker processes, which must not re-run the script."""
     clip = sorted((require_realdata() / "mini_msvd" / "MSVD_Videos").glob("*.avi"))[0]
     script = tmp_path / "snippet.py"
-    script.write_text(PLAIN_SCRIPT.format(ckpt=str(checkpoint), clip=str(clip)))
+    script.write_text(PLAIN_SCRIPT.format(ckpt=str(tiny_checkpoint), clip=str(clip)))
     env = dict(os.environ, PYTHONPATH=str(REPO))
     p = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
