@@ -310,15 +310,23 @@ def write_prepared(data_cfg: "DataConfig", out_dir: str | Path,
     cat = read_catalog(data_cfg)
     out_dir = Path(out_dir)
     path = out_dir / f"{cat.path.stem}.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for vid in cat.order:
-            if vid not in outputs:
-                continue
-            rel = Path(os.path.relpath(os.path.abspath(outputs[vid]), os.path.abspath(out_dir)))
-            for cap in cat.captions.get(vid, []):
-                f.write(json.dumps({"video": rel.as_posix(), "caption": cap,
-                                    "split": cat.split_of[vid], "video_id": vid},
-                                   ensure_ascii=False) + "\n")
+    if not any(vid in outputs for vid in cat.order):
+        raise DatasetError(f"no video of {cat.path} was prepared (see the failures above), so "
+                           f"no dataset file was written to {out_dir}.")
+    if path.exists() and path.resolve() == cat.path.resolve():
+        raise DatasetError(f"{path} is the dataset being prepared; choose another --out.")
+    lines = []
+    for vid in cat.order:
+        if vid not in outputs:
+            continue
+        rel = Path(os.path.relpath(os.path.abspath(outputs[vid]), os.path.abspath(out_dir)))
+        for cap in cat.captions.get(vid, []):
+            lines.append(json.dumps({"video": rel.as_posix(), "caption": cap,
+                                     "split": cat.split_of[vid], "video_id": vid},
+                                    ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
