@@ -20,7 +20,6 @@ cannot be decoded are skipped when the split is loaded.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption,
                     default_manifest_path, load_listing)
+from .tables import read_csv, read_text, text_problem
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -94,9 +94,12 @@ class Report:
 
 def _value(raw: dict, key: str, number: int, report: Report) -> Optional[str]:
     v = raw.get(key)
-    if v is None or isinstance(v, str):
+    if v is None and key not in REQUIRED:  # an optional key written as null: not given
+        return None
+    why = text_problem(v)
+    if why is None:
         return v
-    report.add("not_text", f"line {number}: {key}={v!r}")
+    report.add("not_text", f"line {number}: {key} is {why}")
     return None
 
 
@@ -127,37 +130,26 @@ def parse_records(path: Path, records, report: Report) -> list[Line]:
 def read_records(path: Path):
     """(line number, dict | error text) for each record of a .jsonl or .csv file."""
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames:
-                    reader.fieldnames = [h.strip() for h in reader.fieldnames]
-                out = []
-                for row in reader:
-                    rec = {k if k is not None else "<extra cells>": v for k, v in row.items()}
-                    # (spreadsheets often export unnamed empty columns: those are no key)
-                    out.append((reader.line_num, {k: (v if v != "" else None)
-                                                  for k, v in rec.items() if k or v}))
-                return out
-        if suffix not in (".jsonl", ".ndjson", ".json"):
-            raise DatasetError(f"{path}: data.dataset=jsonl reads a .jsonl (JSON Lines) or a "
-                               f".csv file, not {suffix or 'a file without extension'}.")
-        out = []
-        with open(path, encoding="utf-8-sig") as f:
-            for number, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    out.append((number, json.loads(text)))
-                except ValueError as e:
-                    out.append((number, f"not JSON ({e})"))
-        return out
-    except FileNotFoundError:
+    if suffix == ".csv":
+        _header, rows = read_csv(path, what="dataset file", extra_cells="keep")
+        # (spreadsheets often export unnamed empty columns: those are no key)
+        return [(line, {k: (v if v != "" else None) for k, v in row.items() if k or v})
+                for line, row in rows]
+    if suffix not in (".jsonl", ".ndjson", ".json"):
+        raise DatasetError(f"{path}: data.dataset=jsonl reads a .jsonl (JSON Lines) or a "
+                           f".csv file, not {suffix or 'a file without extension'}.")
+    if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist; set data.data_path to the "
-                           f".jsonl or .csv file (one line per caption).") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path} could not be read ({type(e).__name__}: {e}).") from None
+                           f".jsonl or .csv file (one line per caption).")
+    out = []
+    for number, text in enumerate(read_text(path, "dataset file").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            out.append((number, json.loads(text)))
+        except ValueError as e:
+            out.append((number, f"not JSON ({e})"))
+    return out
 
 
 @dataclass
@@ -343,20 +335,23 @@ def convert_spreadsheet(csv_path: str | Path, videos_dir: str | Path, out: str |
     csv_path, videos_dir, out = Path(csv_path), Path(videos_dir), Path(out)
     if not videos_dir.is_dir():
         raise DatasetError(f"{videos_dir} is not a folder; pass the folder of clips as --videos.")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            header = [h.strip() for h in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{csv_path} could not be read as CSV ({e}).") from None
+    if len(delimiter) != 1:
+        raise DatasetError(f"--delimiter {delimiter!r}: give one character (e.g. ';' or a tab).")
     wanted = [video_column, *caption_columns] + ([split_column] if split_column else [])
-    absent = [c for c in wanted if c not in header]
-    if absent:
-        raise DatasetError(f"{csv_path}: no column {', '.join(map(repr, absent))} (columns: "
-                           f"{', '.join(map(repr, header))}); name them with --video-column, "
-                           f"--caption-column, --split-column.")
+    try:
+        _header, numbered = read_csv(csv_path, tuple(wanted), delimiter, "spreadsheet")
+    except DatasetError as e:
+        if "no column" not in str(e):
+            raise
+        raise DatasetError(f"{e} Name them with --video-column, --caption-column, "
+                           f"--split-column.") from None
+    rows = []
+    for line, row in numbered:
+        if not (row.get(video_column) or "").strip():
+            raise DatasetError(f"{csv_path}, line {line}: no clip in column {video_column!r} "
+                               f"(cells: {', '.join(v for v in row.values() if v)[:80]}); "
+                               f"name the clip, or delete the row.")
+        rows.append(row)
     by_stem = None
     not_found: list[str] = []
     written = 0
