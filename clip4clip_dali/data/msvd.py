@@ -88,14 +88,17 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
 
 
 def _utf8(value, vid, path: Path):
+    """Bytes (Python 2 pickles) as text: UTF-8, else Latin-1 (what Python 2 tools wrote), with
+    a warning naming the video."""
     if not isinstance(value, bytes):
         return value
     try:
         return value.decode("utf-8")
     except UnicodeDecodeError:
-        raise DatasetError(f"{path}: a caption of {vid!r} holds bytes that are not UTF-8 "
-                           f"({value[:40]!r}); rebuild the pickle with text (str) "
-                           f"captions.") from None
+        text = value.decode("latin-1")
+        log.warning("%s: %r holds bytes that are not UTF-8 (%r), read as Latin-1: %r", path,
+                    vid, value[:40], text[:40])
+        return text
 
 
 def _caption_text(cap, vid: str, path: Path) -> str:
