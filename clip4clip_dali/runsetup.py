@@ -58,6 +58,21 @@ def prepare_data(cfg: Config, info: D.DistInfo) -> None:
         D.barrier()
 
 
+def output_folder(path: str | Path, key: str = "train.output_dir") -> Path:
+    """``path`` as a folder (created); a UserError naming ``key`` when it is a file or cannot
+    be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{key} = {path} is a file, not a folder; choose a folder for the "
+                        f"run's outputs.") from None
+    except OSError as e:
+        raise UserError(f"{key} = {path} cannot be created ({e.strerror or e}); choose a "
+                        f"folder you can write.") from None
+    return path
+
+
 def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     from .model import CLIP4Clip
 
