@@ -118,3 +118,24 @@ def test_msvd_lists_and_captions_that_are_not_utf8(tmp_path, caplog):
     (tmp_path / "raw-captions.pkl").write_bytes(pickle.dumps({"vid1": [[b"caf\xe9", "au"]]}))
     assert load_captions(tmp_path / "raw-captions.pkl") == {"vid1": ["caf\u00e9 au"]}
     assert "'vid1' holds bytes that are not UTF-8" in caplog.text
+
+
+def test_the_converter_never_writes_over_a_file_unasked(tmp_path):
+    from clip4clip_dali.data import jsonl
+
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "a.mp4").write_bytes(b"x")
+    sheet = tmp_path / "s.csv"
+    sheet.write_text("video,caption\na,a cat\n")
+    mine = tmp_path / "mine.jsonl"
+    mine.write_text("my own lines\n")
+    args = ["--csv", str(sheet), "--videos", str(tmp_path / "v")]
+    with pytest.raises(DatasetError, match="is the spreadsheet itself"):
+        jsonl.main(args + ["--out", str(sheet), "--replace"])
+    with pytest.raises(DatasetError, match="exists; .* --replace"):
+        jsonl.main(args + ["--out", str(mine)])
+    with pytest.raises(DatasetError, match="is a folder"):
+        jsonl.main(args + ["--out", str(tmp_path / "v")])
+    assert sheet.read_text() == "video,caption\na,a cat\n" and mine.read_text() == "my own lines\n"
+    assert jsonl.main(args + ["--out", str(mine), "--replace"]) == 0
+    assert json.loads(mine.read_text())["caption"] == "a cat"

@@ -326,7 +326,8 @@ def write_prepared(data_cfg: "DataConfig", out_dir: str | Path,
 
 def convert_spreadsheet(csv_path: str | Path, videos_dir: str | Path, out: str | Path,
                         video_column: str = "video", caption_columns: tuple[str, ...] = ("caption",),
-                        split_column: Optional[str] = None, delimiter: str = ",") -> dict:
+                        split_column: Optional[str] = None, delimiter: str = ",",
+                        replace: bool = False) -> dict:
     """Write ``out`` (JSON Lines) from a spreadsheet saved as CSV: one line per non-empty
     caption cell. A video cell names a file in ``videos_dir`` (a relative path, or a name
     without extension matched to the file of that name). Returns counts."""
@@ -352,6 +353,13 @@ def convert_spreadsheet(csv_path: str | Path, videos_dir: str | Path, out: str |
                                f"(cells: {', '.join(v for v in row.values() if v)[:80]}); "
                                f"name the clip, or delete the row.")
         rows.append(row)
+    if out.is_dir():
+        raise DatasetError(f"--out {out} is a folder; give the .jsonl file to write.")
+    if out.exists() and out.resolve() == csv_path.resolve():
+        raise DatasetError(f"--out {out} is the spreadsheet itself; give a new file name.")
+    if out.exists() and not replace:
+        raise DatasetError(f"--out {out} exists; give a new file name, or pass --replace to "
+                           f"write over it.")
     by_stem = None
     not_found: list[str] = []
     written = 0
@@ -399,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="caption column (repeat for several captions a row; default caption)")
     p.add_argument("--split-column", default=None, help="column with train/val/test (optional)")
     p.add_argument("--delimiter", default=",", help="cell separator (default ,)")
+    p.add_argument("--replace", action="store_true", help="write over an existing --out")
     args = p.parse_args(argv)
     s = convert_spreadsheet(args.csv, args.videos, args.out, args.video_column,
                             tuple(args.caption_column or ["caption"]), args.split_column,
-                            args.delimiter)
+                            args.delimiter, args.replace)
     print(f"wrote {s['lines']} caption line(s) from {s['rows']} row(s) to {args.out}")
     if s["videos_not_found"]:
         print(f"{s['videos_not_found']} row(s) name a clip not found in {args.videos} (e.g. "
