@@ -35,8 +35,9 @@ def read_record(out_dir: Path) -> dict | None:
         doc = json.loads(path.read_text(encoding="utf-8"))
         return dict(doc["options"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise UserError(f"{path}: not a readable record of prepared clips ({e}); choose another "
-                        f"--out, or delete that folder if it is an old output of this tool.") from None
+        raise UserError(f"{path}: not a readable record of prepared clips ({e}); choose "
+                        f"another --out, or delete that folder if it is an old output of this "
+                        f"tool.") from None
 
 
 def write_record(out_dir: Path, opts) -> Path:
@@ -96,8 +97,9 @@ def check_out_dir(out_dir: Path, opts, force: bool) -> dict:
     if presampled.codec != opts.codec:
         diff.append(f"the codec is {presampled.codec} there but {opts.codec} now")
     if diff and not force:
+        why = "; ".join(diff).replace("config", "flags")
         raise UserError(f"{out_dir} already holds clips pre-sampled with "
-                        f"{presampled.sampling.describe()} ({'; '.join(diff).replace('config', 'flags')}"
-                        f"); choose another --out, or pass --force to redo them all.")
+                        f"{presampled.sampling.describe()} ({why}); choose another --out, or "
+                        f"pass --force to redo them all.")
     return {} if diff else presampled.videos
 

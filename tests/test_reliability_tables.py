@@ -30,7 +30,8 @@ DATASETS = {
     "jsonl_number_video": ("d.jsonl", f'{{"video": "{GOOD}", "caption": "a"}}\n'
                                       '{"video": 7, "caption": "b"}\n', r"line 2: video is int 7"),
     "jsonl_not_utf8": ("d.jsonl", f'{{"video": "{GOOD}", "caption": "a"}}\n'.encode()
-                       + b'{"video": "x", "caption": "caf\xe9"}\n', r"line 2: bytes that are not UTF-8"),
+                       + b'{"video": "x", "caption": "caf\xe9"}\n',
+                       r"line 2: bytes that are not UTF-8"),
     "csv_unclosed_quote": ("d.csv", f'video,caption\n{GOOD},"a cat\n{GOOD},a dog\n{GOOD},a cow\n',
                            r"line 2.*quot"),
     "csv_text_after_quote": ("d.csv", f'video,caption\n{GOOD},"a cat" jumps\n',
