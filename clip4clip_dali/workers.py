@@ -13,6 +13,7 @@ Two things the standard forkserver does not do, done here for every worker:
   server and its workers waited for each other forever (1.6 GB left by ``index``). Each worker
   watches its starter through a pidfd (Linux; a 0.5 s poll elsewhere) and exits when it ends;
   when the last worker is gone the server sees its pipe close and exits too.
+  Ranks started by torchrun watch their agent the same way (``die_with_parent``).
 - **Not re-run the user's script.** Like ``spawn``, the forkserver imports the main script in
   every child; a plain script that calls our API without an ``if __name__ == "__main__":``
   guard then starts the workers again from inside a worker and crashes. Our workers run only
@@ -59,6 +60,12 @@ def _die_with(pid: int) -> None:
         os._exit(1)  # the starter is gone: nobody reads what this worker makes
 
     threading.Thread(target=watch, name="die-with-parent", daemon=True).start()
+
+
+def die_with_parent() -> None:
+    """End this process when its parent ends (a torchrun rank with its agent: the agent starts
+    ranks in sessions of their own, so a SIGKILL of torchrun left them training)."""
+    _die_with(os.getppid())
 
 
 def _library_only_preparation(get):

@@ -77,13 +77,16 @@ def kill_when_workers_run(proc: subprocess.Popen, marker: str, workers: int, sig
     return left
 
 
-def test_sigkill_of_training_leaves_no_worker(tiny_clips, tmp_path):
+def test_sigkill_of_torchrun_training_leaves_no_rank_or_worker(tiny_clips, tmp_path):
+    """torchrun starts its ranks in sessions of their own: they must end with it, and their
+    loader workers with them."""
     marker = uuid.uuid4().hex
     sets = [f"data.data_path={tiny_clips}", f"data.features_path={tiny_clips / 'videos'}",
             "data.synthetic.videos=0", "data.loader=reference", "data.num_workers=2",
             "data.frame_cache=false", "train.batch_size=2", "train.epochs=1000",
             f"train.output_dir={tmp_path / 'run'}", "eval.index_test_split=false"]
-    proc = start([sys.executable, "-m", "clip4clip_dali.train", "--config",
+    proc = start([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                  "--nproc_per_node=1", "-m", "clip4clip_dali.train", "--config",
                   str(REPO / "configs" / "demo.yaml"), *[a for s in sets for a in ("--set", s)]],
                  marker)
     assert kill_when_workers_run(proc, marker, 2, signal.SIGKILL) == []
