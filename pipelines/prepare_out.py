@@ -52,7 +52,8 @@ def write_record(out_dir: Path, opts) -> Path:
 
 def _foreign_files(out_dir: Path) -> list[str]:
     try:
-        return sorted(e.name for e in os.scandir(out_dir) if e.name not in OURS)
+        # (hidden files are never outputs: video names starting with "." are not listed)
+        return sorted(e.name for e in os.scandir(out_dir) if not e.name.startswith("."))
     except OSError as e:
         raise UserError(f"--out {out_dir} cannot be listed ({e.strerror}).") from None
 
