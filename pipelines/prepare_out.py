@@ -13,12 +13,10 @@ import os
 import tempfile
 from pathlib import Path
 
-from clip4clip_dali.data.presampled import (SIDECAR, read_presampled, sampling_mismatch,
-                                            sidecar_path)
+from clip4clip_dali.data.presampled import read_presampled, sampling_mismatch, sidecar_path
 from clip4clip_dali.errors import UserError
 
 RECORD = ".clip4clip_prepared.json"
-OURS = {RECORD, SIDECAR, ".clip4clip_manifest.json"}
 # the transcode options that decide what the outputs hold
 TRANSCODE_KEYS = ("short_side", "fps", "codec", "gop", "crf", "max_duration")
 
