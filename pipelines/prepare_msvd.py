@@ -34,6 +34,10 @@ samples, already at the model's resolution (``pipelines/presample.py``; sampling
 A video that cannot be pre-sampled is reported and left out (a copy of the original would not
 hold what the record says).
 
+Before writing anything it refuses an --out holding the other mode's output, the same mode
+made with other options (``--force`` redoes them), files it did not write, or a file
+(``pipelines/prepare_out.py``), and out-of-range arguments.
+
 Uses PyAV only (no ffmpeg binary needed). Ends with a summary and the manifest
 (``<out>/.clip4clip_manifest.json``), which training then reuses.
 """
