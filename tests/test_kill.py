@@ -96,7 +96,7 @@ def test_sigterm_of_index_leaves_no_worker(tiny_clips, tiny_checkpoint, tmp_path
     # the reference loader over many (hard-linked) copies of the clips, so it is still reading
     videos = tmp_path / "videos"
     videos.mkdir()
-    for i in range(3):
+    for i in range(5):
         for clip in sorted((tiny_clips / "videos").glob("*.webm")):
             os.link(clip, videos / f"{i}_{clip.name}")
     marker = uuid.uuid4().hex
