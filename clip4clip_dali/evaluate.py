@@ -72,7 +72,9 @@ def eval_config(checkpoint: str, config: str | None, overrides: list[str]) -> Co
             if not isinstance(node.get(k), dict):
                 raise ConfigError(f"--set {text}: unknown key {key!r}.")
             node, now = node[k], now.get(k) or {}
-        if _is_model_key(key) and now.get(keys[-1]) != value:
+        # (model.quick_gelu may be stated when the checkpoint left it to weights not here)
+        settles = key == "model.quick_gelu" and now.get("quick_gelu") is None
+        if _is_model_key(key) and now.get(keys[-1]) != value and not settles:
             raise ConfigError(f"--set {text}: the model, its frame sampling and resolution come "
                               f"from the checkpoint ({checkpoint}: {key} = "
                               f"{now.get(keys[-1])!r}) and cannot change when evaluating; "

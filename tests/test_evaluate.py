@@ -68,3 +68,22 @@ def test_evaluate_refuses_to_change_what_the_model_sees(tiny_checkpoint, overrid
     with pytest.raises(ConfigError, match="cannot change when evaluating") as e:
         main(["--checkpoint", str(tiny_checkpoint), "--set", override])
     assert named in str(e.value)
+
+
+def test_a_start_that_is_not_here_asks_for_quick_gelu(tiny_checkpoint, tmp_path):
+    """A checkpoint whose config starts from a local file that is gone: whether the model uses
+    QuickGELU cannot be read from it, so evaluate asks, and accepts the answer."""
+    from clip4clip_dali import checkpoint as ckpt
+    from clip4clip_dali.errors import UserError
+    from clip4clip_dali.evaluate import main
+
+    obj = ckpt.load(tiny_checkpoint)
+    obj["config"]["model"]["pretrained"] = str(tmp_path / "gone" / "ViT-B-32.pt")
+    path = tmp_path / "run" / "best.pt"
+    path.parent.mkdir()
+    ckpt.atomic_save(obj, path)
+    base = ["--checkpoint", str(path), "--split", "val", "--set", "data.num_workers=0"]
+    with pytest.raises(UserError, match="pass --set model.quick_gelu=true"):
+        main(base)
+    assert main(base + ["--set", "model.quick_gelu=false"]) == 0
+    assert (path.parent / "eval_val.json").is_file()
