@@ -32,7 +32,7 @@ import numpy as np
 
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption,
                     default_manifest_path, load_listing)
-from .tables import read_csv, read_text, text_problem
+from .tables import loads, read_csv, read_text, text_problem
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -146,7 +146,7 @@ def read_records(path: Path):
         if not text.strip():
             continue
         try:
-            out.append((number, json.loads(text)))
+            out.append((number, loads(text)))
         except ValueError as e:
             out.append((number, f"not JSON ({e})"))
     return out

@@ -14,7 +14,6 @@ evaluates on its ``--val_csv``.
 """
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,7 +21,7 @@ from typing import TYPE_CHECKING
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption,
                     default_manifest_path, find_videos, load_listing)
 from .tables import read_csv as read_table
-from .tables import read_text, text_problem
+from .tables import loads, read_text, text_problem
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -46,7 +45,7 @@ def read_sentences(path: str | Path) -> dict[str, list[str]]:
     """Captions by video id from ``MSRVTT_data.json``'s ``sentences``, in file order."""
     path = Path(path)
     try:
-        doc = json.loads(read_text(path, "MSR-VTT annotation file"))
+        doc = loads(read_text(path, "MSR-VTT annotation file"))
     except ValueError as e:
         raise DatasetError(f"{path} is not readable JSON ({e}); restore CLIP4Clip's "
                            f"MSRVTT_data.json.") from None

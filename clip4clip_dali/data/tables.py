@@ -3,6 +3,7 @@ JSON Lines/CSV datasets, the spreadsheet converter, MSR-VTT's annotations, MSVD'
 
 - Text is UTF-8; a byte-order mark (at the start or before a header cell) is dropped; bytes
   that are not UTF-8 are refused with their line.
+- JSON objects may not name a key twice.
 - CSV quoting is strict: a quote that is not closed, or text after a closing quote, is refused
   with its line (Python's lenient reader would swallow the following rows into one cell); so is
   a cell that runs over several lines (a quote closed many lines later), a row with more cells
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Optional
 
@@ -85,7 +87,7 @@ def read_csv(path: Path, required: tuple[str, ...] = (), delimiter: str = ",",
     except csv.Error as e:
         where = (f"line {start}" if reader.line_num <= start else
                  f"line {start} (a quote opened there runs to line {reader.line_num})")
-        raise DatasetError(f"{path}, {where}: broken CSV quoting ({e}); a cell holding quotes "
+        raise DatasetError(f"{path}, {where}: not valid CSV ({e}); a cell holding quotes "
                            f"must be quoted whole with its quotes doubled "
                            f"(\"a \"\"quoted\"\" word\").") from None
     if header is None or not any(header):
@@ -97,6 +99,20 @@ def read_csv(path: Path, required: tuple[str, ...] = (), delimiter: str = ",",
                            f"({', '.join(map(repr, header))}); expected "
                            f"{', '.join(map(repr, required))}.")
     return header, rows
+
+
+def _no_repeated_keys(pairs: list) -> dict:
+    keys = [k for k, _ in pairs]
+    twice = sorted({k for k in keys if keys.count(k) > 1})
+    if twice:
+        raise ValueError(f"key {', '.join(map(repr, twice))} given twice in one object")
+    return dict(pairs)
+
+
+def loads(text: str):
+    """``json.loads``, refusing an object that names a key twice (the standard reader keeps the
+    last value without a word)."""
+    return json.loads(text, object_pairs_hook=_no_repeated_keys)
 
 
 def text_problem(value) -> Optional[str]:
