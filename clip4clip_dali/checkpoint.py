@@ -108,16 +108,21 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
 def load(path: str | Path, map_location: str | torch.device = "cpu") -> dict:
     """Load a checkpoint safely (``weights_only=True``); a bad file is a CheckpointError."""
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f"checkpoint {path} is a folder; pass the .pt file in it (e.g. "
+                              f"{path}/best.pt or latest.pt).")
     if not path.is_file():
         raise CheckpointError(f"checkpoint {path} does not exist; pass the path of a .pt file "
                               f"written by clip4clip_dali.train (e.g. <output_dir>/latest.pt).")
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:
-        raise CheckpointError(f"checkpoint {path} could not be loaded ({type(e).__name__}: "
-                              f"{str(e).splitlines()[0] if str(e) else ''}); the file is "
-                              f"corrupt, truncated or not a clip4clip_dali checkpoint. Use "
-                              f"another checkpoint or start without --resume.") from None
+        why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+        if "Weights only load failed" in why:  # torch's advice to unpickle anything: not ours
+            why = "not a PyTorch tensor file, or one holding Python objects besides tensors"
+        raise CheckpointError(f"checkpoint {path} could not be loaded ({why}); the file is "
+                              f"corrupt, truncated or not a clip4clip_dali checkpoint. Pass "
+                              f"best.pt or latest.pt written by clip4clip_dali.train.") from None
     if not isinstance(obj, dict):
         raise CheckpointError(f"checkpoint {path} holds a {type(obj).__name__}, not a dict.")
     return obj

@@ -146,12 +146,13 @@ class Config:
 # Range checks: key -> (predicate, description)
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_words": (lambda v: v >= 3, "at least 3 (SOT, one token, EOT)"),
-    "data.max_frames": (lambda v: v >= 1, "at least 1"),
+    # (upper bounds: beyond them a batch cannot be allocated, and the error would be deep)
+    "data.max_frames": (lambda v: 1 <= v <= 1024, "between 1 and 1024"),
     "data.feature_framerate": (lambda v: v >= 1, "at least 1 frame per second"),
     "data.slice_framepos": (lambda v: v in (0, 1, 2), "0 (head), 1 (tail) or 2 (uniform)"),
     "data.train_frame_order": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
     "data.eval_frame_order": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
-    "data.image_resolution": (lambda v: v >= 8, "at least 8 pixels"),
+    "data.image_resolution": (lambda v: 8 <= v <= 4096, "between 8 and 4096 pixels"),
     "data.num_workers": (lambda v: v >= 0, "0 or more"),
     "data.dali_threads": (lambda v: v >= 0, "0 (auto: the cores of this process) or more"),
     "data.dali_pipelines": (lambda v: v >= 1, "at least 1"),
@@ -300,10 +301,16 @@ def load_config(path: str | Path | None = None, overrides: list[str] = ()) -> Co
     if path is not None:
         source = str(path)
         try:
-            text = Path(path).read_text()
+            text = Path(path).read_text(encoding="utf-8")
         except FileNotFoundError:
             raise ConfigError(f"config file {path} does not exist; pass a file such as "
                               f"configs/msvd_meanP.yaml.") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"config file {path} is not UTF-8 text (byte {e.start}); pass a "
+                              f"YAML file such as configs/msvd_meanP.yaml.") from None
+        except OSError as e:
+            raise ConfigError(f"config file {path} cannot be read ({e.strerror or e}); pass a "
+                              f"YAML file such as configs/msvd_meanP.yaml.") from None
         try:
             raw = yaml.safe_load(text) or {}
         except yaml.YAMLError as e:

@@ -38,6 +38,10 @@ def pick_device(local_rank: int = 0, prefer: str = "auto") -> torch.device:
 
 def init_distributed(prefer_device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and initialise the process group if needed."""
+    if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun rank: end with the agent
+        from .workers import die_with_parent
+
+        die_with_parent()
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))

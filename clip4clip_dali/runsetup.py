@@ -58,6 +58,21 @@ def prepare_data(cfg: Config, info: D.DistInfo) -> None:
         D.barrier()
 
 
+def output_folder(path: str | Path, key: str = "train.output_dir") -> Path:
+    """``path`` as a folder (created); a UserError naming ``key`` when it is a file or cannot
+    be made."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise UserError(f"{key} = {path} is a file, not a folder; choose a folder for the "
+                        f"run's outputs.") from None
+    except OSError as e:
+        raise UserError(f"{key} = {path} cannot be created ({e.strerror or e}); choose a "
+                        f"folder you can write.") from None
+    return path
+
+
 def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
     from .model import CLIP4Clip
 
@@ -87,12 +102,41 @@ def checkpoint_config(path: str | Path, fallback: Config | None = None) -> Confi
     return fallback
 
 
+def offline_model_config(cfg: Config) -> Config:
+    """``cfg`` with ``model.pretrained = 'none'``, for a model whose weights all come from a
+    checkpoint: nothing is downloaded or read for the starting weights. What those weights
+    decided about the architecture (QuickGELU for OpenAI's) is kept: from the open_clip tag's
+    description (no download), or from the local file when it is still there."""
+    import dataclasses
+
+    from .model import backbone as bb
+
+    model = cfg.model
+    tag = (model.pretrained or "none").strip()
+    if model.quick_gelu is None and tag.lower() not in ("none", "", "random"):
+        quick = None
+        if Path(tag).expanduser().is_file():
+            quick = bool(bb.read_checkpoint(str(Path(tag).expanduser()))[1].get("openai"))
+        elif not bb._looks_like_path(tag):
+            import open_clip
+
+            pcfg = open_clip.get_pretrained_cfg(bb.normalize_model_name(model.name), tag) or {}
+            quick = bool(pcfg.get("quick_gelu", False))
+        if quick is None:
+            raise UserError(f"the checkpoint's config starts from model.pretrained = {tag!r}, "
+                            f"which is not here; whether the model uses QuickGELU depends on "
+                            f"it: pass --set model.quick_gelu=true (OpenAI's weights) or false.")
+        quick_cfg = bb.resolve_model_config(model.name, model.open_clip_config)
+        model = dataclasses.replace(model, quick_gelu=quick or bool(quick_cfg.get("quick_gelu")))
+    return dataclasses.replace(cfg, model=dataclasses.replace(model, pretrained="none"))
+
+
 def model_from_checkpoint(path: str | Path, cfg: Config, device: torch.device) -> torch.nn.Module:
     """``cfg``'s model with the checkpoint's weights, in eval mode (``fp16_weights`` runs keep
-    CLIP in fp16, as they were trained)."""
+    CLIP in fp16, as they were trained). The starting weights are never fetched."""
     with warnings.catch_warnings():  # "starts from random weights": the checkpoint's follow
         warnings.filterwarnings("ignore", message="model.pretrained = 'none'")
-        model = build_model(cfg, device)
+        model = build_model(offline_model_config(cfg), device)
     ckpt.load_model_weights(model, path)
     if cfg.train.precision == "fp16_weights" and hasattr(model, "convert_clip_to_fp16"):
         model.convert_clip_to_fp16()

@@ -27,8 +27,8 @@ from . import checkpoint as ckpt
 from . import distributed as D
 from .config import Config, compile_enabled, load_config
 from .errors import UserError, run_cli
-from .runsetup import (build_model, build_split_loader, prepare_data, seed_everything,
-                       setup_logging)
+from .runsetup import (build_model, build_split_loader, output_folder, prepare_data,
+                       seed_everything, setup_logging)
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -70,7 +70,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     _check_batch(cfg, info)
     out = Path(tc.output_dir)
     if info.is_main:
-        out.mkdir(parents=True, exist_ok=True)
+        output_folder(out)
         import yaml
 
         (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))

@@ -34,6 +34,10 @@ samples, already at the model's resolution (``pipelines/presample.py``; sampling
 A video that cannot be pre-sampled is reported and left out (a copy of the original would not
 hold what the record says).
 
+Before writing anything it refuses an --out holding the other mode's output, the same mode
+made with other options (``--force`` redoes them), files it did not write, or a file
+(``pipelines/prepare_out.py``), and out-of-range arguments.
+
 Uses PyAV only (no ffmpeg binary needed). Ends with a summary and the manifest
 (``<out>/.clip4clip_manifest.json``), which training then reuses.
 """
@@ -56,11 +60,11 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # run as a script from a checkout
     sys.path.insert(0, str(REPO))
 
-from clip4clip_dali.data.presampled import (Sampling, read_presampled,  # noqa: E402
-                                            sampling_mismatch, write_presampled)
+from clip4clip_dali.data.presampled import Sampling, write_presampled  # noqa: E402
 from clip4clip_dali.errors import UserError, run_cli  # noqa: E402
 from clip4clip_dali.workers import clean_context  # noqa: E402
 
+import prepare_out  # noqa: E402  (pipelines/prepare_out.py, beside this file)
 import presample as pre  # noqa: E402  (pipelines/presample.py, beside this file)
 
 log = logging.getLogger("clip4clip_dali")
@@ -228,21 +232,6 @@ def glob_escape(name: str) -> str:
     return glob.escape(name)
 
 
-def _check_presample_out(out_dir: Path, opts: Options, force: bool) -> dict:
-    """Records of an earlier pre-sampled run into ``out_dir`` to keep (same sampling)."""
-    earlier = read_presampled(out_dir)
-    if earlier is None:
-        return {}
-    diff = sampling_mismatch(earlier.sampling, opts.presample)
-    if earlier.codec != opts.codec:
-        diff.append(f"the codec is {earlier.codec} there but {opts.codec} now")
-    if diff and not force:
-        raise UserError(f"{out_dir} already holds clips pre-sampled with "
-                        f"{earlier.sampling.describe()} ({'; '.join(diff).replace('config', 'flags')}"
-                        f"); choose another --out, or pass --force to redo them all.")
-    return {} if diff else earlier.videos
-
-
 def prepare(src_dir: Path | None, out_dir: Path, opts: Options, workers: int = 0,
             ids: list[str] | None = None, force: bool = False, manifest: bool = True,
             videos: dict[str, Path] | None = None) -> dict:
@@ -251,6 +240,11 @@ def prepare(src_dir: Path | None, out_dir: Path, opts: Options, workers: int = 0
 
     src_dir = None if src_dir is None else Path(src_dir)
     out_dir = Path(out_dir)
+    if workers < 0:
+        raise UserError(f"--workers {workers}: give 0 (one process per core) or more.")
+    if src_dir is not None and not src_dir.is_dir():
+        raise UserError(f"--src {src_dir} is not a folder; pass the folder holding the raw "
+                        f"videos (e.g. YouTubeClips).")
     videos = find_videos(src_dir) if videos is None else videos
     if ids is not None:
         missing = [v for v in ids if v not in videos]
@@ -261,18 +255,23 @@ def prepare(src_dir: Path | None, out_dir: Path, opts: Options, workers: int = 0
     if not videos:
         raise UserError(f"no videos found under {src_dir}; pass the folder holding the raw "
                         f"MSVD clips (e.g. YouTubeClips) as --src.")
-    out_dir.mkdir(parents=True, exist_ok=True)
     if src_dir is not None and out_dir.resolve() == src_dir.resolve():
         raise UserError("--out must differ from --src (outputs would replace the originals).")
+    records = prepare_out.check_out_dir(out_dir, opts, force)  # before anything is written
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise UserError(f"--out {out_dir} cannot be created ({e.strerror}); choose a folder "
+                        f"you can write.") from None
     workers = workers or max(1, (os.cpu_count() or 1))
     t0 = time.time()
+    # Records are written first so that an interrupted run already names what it makes.
     if opts.presample is not None:
-        records = _check_presample_out(out_dir, opts, force)
-        # Written first so an interrupted run already names its sampling.
         write_presampled(out_dir, opts.presample, opts.codec, records)
         job, args = pre.presample_one, (str(out_dir), opts.presample, opts.codec,
                                         opts.crf, force)
     else:
+        prepare_out.write_record(out_dir, opts)
         job, args = prepare_one, (str(out_dir), opts, force)
     results: dict[str, tuple] = {}
     if workers == 1:
@@ -322,6 +321,32 @@ def _progress(r, done: int, total: int) -> None:
         log.warning("%s: %s (%s)", vid, status, detail)
     else:
         log.info("[%d/%d] %s: %s %s", done, total, vid, status, detail)
+
+
+def check_arguments(args) -> None:
+    """Out-of-range values, refused before anything is read or written."""
+    bad = [(args.short_side < 8, "--short-side", "at least 8"),
+           (not math.isfinite(args.fps) or args.fps <= 0, "--fps", "a positive number"),
+           (args.gop < 0, "--gop", "0 (one keyframe a second) or more"),
+           (args.crf is not None and not 0 <= args.crf <= 63, "--crf", "between 0 and 63"),
+           (not math.isfinite(args.max_duration) or args.max_duration < 0, "--max-duration",
+            "0 (whole clips) or more seconds"),
+           (args.workers < 0, "--workers", "0 (one process per core) or more")]
+    for is_bad, flag, want in bad:
+        if is_bad:
+            raise UserError(f"{flag} {getattr(args, flag[2:].replace('-', '_'))}: give {want}.")
+
+
+def read_ids(path: str) -> list[str]:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UserError(f"--ids {path} cannot be read ({getattr(e, 'strerror', None) or e}); "
+                        f"give a text file with one video id a line.") from None
+    ids = [ln.strip() for ln in text.splitlines() if ln.strip()]
+    if not ids:
+        raise UserError(f"--ids {path} lists no video id; give one id a line.")
+    return ids
 
 
 def sampling_from_args(args) -> Sampling:
@@ -397,14 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
                         format="%(levelname)s: %(message)s")
-    if args.short_side < 8 or args.fps <= 0:
-        raise UserError("--short-side must be at least 8 and --fps positive.")
+    check_arguments(args)
     if args.presample and args.codec not in pre.CODECS:
         raise UserError(f"--presample writes {' or '.join(sorted(pre.CODECS))}, not "
                         f"{args.codec}.")
-    ids = None
-    if args.ids:
-        ids = [ln.strip() for ln in Path(args.ids).read_text().splitlines() if ln.strip()]
+    ids = read_ids(args.ids) if args.ids else None
     opts = Options(short_side=args.short_side, fps=args.fps, codec=args.codec, gop=args.gop,
                    crf=30 if args.crf is None else args.crf, max_duration=args.max_duration)
     if args.presample:
@@ -434,4 +456,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    run_cli(main)
+    # Run the module's importable copy: the pool's workers find its jobs by module name (they
+    # never re-run the main script; see clip4clip_dali.workers).
+    import prepare_msvd
+
+    run_cli(prepare_msvd.main)

@@ -137,16 +137,17 @@ def presample_one(vid: str, src: str, out_dir: str, sampling: Sampling, codec: s
     dst = Path(out_dir) / f"{vid}{CODECS[codec][1]}"
     info = probe_video(src)
     if not info.ok:
-        return vid, "failed", "", f"unreadable source: {info.error}", None
+        return vid, "failed", "", f"unreadable source {src}: {info.error}", None
     n = len(sampling.indices(info.frames, info.fps))
     if dst.exists() and not force and verify_presampled(
             dst, n, sampling.image_resolution, codec) is None:
         return vid, "skipped", str(dst), "", _record(src, info, sampling)
     try:
+        dst.parent.mkdir(parents=True, exist_ok=True)  # ids of JSONL datasets may hold folders
         record = presample_video(src, dst, sampling, codec, crf, info=info)
     except Exception as e:  # any decoder/encoder failure: reported, the video left out
         msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        return vid, "failed", "", f"{type(e).__name__}: {msg}", None
+        return vid, "failed", "", f"{type(e).__name__}: {msg} ({src} -> {dst})", None
     return vid, "presampled", str(dst), f"{info.frames}@{info.fps:.4g} -> {n} frames", record
 
 

@@ -300,7 +300,7 @@ def test_original_checkpoint_through_the_clis(tmp_path):
     for ck in (ours, orig32):
         check(run_train(args + ["--checkpoint", str(ck), "--split", "test"],
                         module="clip4clip_dali.evaluate"))
-        results.append(json.loads((out / "eval_test.json").read_text())["plain"])
+        results.append(json.loads((tmp_path / "eval_test.json").read_text())["plain"])
     assert results[0] == results[1]
     check(run_train(tiny_args(data, tmp_path / "run2", "train.max_steps=1",
                               "model.sim_header=seqTransf", "model.cross_num_hidden_layers=2",

@@ -17,3 +17,34 @@ def test_original_format():
 def test_empty_caption_is_sot_eot():
     ids, mask = Tokenizer(4)([""])
     assert ids[0].tolist()[:2] == [49406, 49407] and mask[0].tolist() == [1, 1, 0, 0]
+
+
+def test_a_40k_character_word_is_cut_before_bpe():
+    import random
+
+    from clip4clip_dali.data.text import MAX_WORD_CHARS, bound_text
+
+    rng = random.Random(0)
+    word = "".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(40_000))
+    tok = Tokenizer(16)
+    # what is kept is the word's first MAX_WORD_CHARS characters, tokenized as BPE does them
+    head = tok.bpe.encode(word[:MAX_WORD_CHARS])
+    assert tok.encode(word) == [tok.sot] + head[:14] + [tok.eot]
+    kept = tok.bpe.encode("find " + word[:MAX_WORD_CHARS])
+    assert tok.encode("find " + word) == [tok.sot] + kept[:14] + [tok.eot]
+    assert len(bound_text("a " * 100_000)) <= 1024
+
+
+def test_ordinary_text_is_not_changed_by_the_bounds():
+    from clip4clip_dali.data.text import bound_text
+
+    caption = "a man   is playing a guitar on the stage " * 20  # 860 characters
+    assert bound_text(caption) == caption
+    assert Tokenizer(77).encode(caption)[1:-1] == Tokenizer(77).bpe.encode(caption)[:75]
+
+
+def test_a_caption_that_is_not_text_is_named():
+    import pytest
+
+    with pytest.raises(TypeError, match="got NoneType"):
+        Tokenizer(8)([None])

@@ -20,7 +20,6 @@ cannot be decoded are skipped when the split is loaded.
 """
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -33,6 +32,7 @@ import numpy as np
 
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption,
                     default_manifest_path, load_listing)
+from .tables import loads, read_csv, read_text, text_problem
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -94,9 +94,12 @@ class Report:
 
 def _value(raw: dict, key: str, number: int, report: Report) -> Optional[str]:
     v = raw.get(key)
-    if v is None or isinstance(v, str):
+    if v is None and key not in REQUIRED:  # an optional key written as null: not given
+        return None
+    why = text_problem(v)
+    if why is None:
         return v
-    report.add("not_text", f"line {number}: {key}={v!r}")
+    report.add("not_text", f"line {number}: {key} is {why}")
     return None
 
 
@@ -127,37 +130,26 @@ def parse_records(path: Path, records, report: Report) -> list[Line]:
 def read_records(path: Path):
     """(line number, dict | error text) for each record of a .jsonl or .csv file."""
     suffix = path.suffix.lower()
-    try:
-        if suffix == ".csv":
-            with open(path, newline="", encoding="utf-8-sig") as f:
-                reader = csv.DictReader(f)
-                if reader.fieldnames:
-                    reader.fieldnames = [h.strip() for h in reader.fieldnames]
-                out = []
-                for row in reader:
-                    rec = {k if k is not None else "<extra cells>": v for k, v in row.items()}
-                    # (spreadsheets often export unnamed empty columns: those are no key)
-                    out.append((reader.line_num, {k: (v if v != "" else None)
-                                                  for k, v in rec.items() if k or v}))
-                return out
-        if suffix not in (".jsonl", ".ndjson", ".json"):
-            raise DatasetError(f"{path}: data.dataset=jsonl reads a .jsonl (JSON Lines) or a "
-                               f".csv file, not {suffix or 'a file without extension'}.")
-        out = []
-        with open(path, encoding="utf-8-sig") as f:
-            for number, text in enumerate(f, 1):
-                if not text.strip():
-                    continue
-                try:
-                    out.append((number, json.loads(text)))
-                except ValueError as e:
-                    out.append((number, f"not JSON ({e})"))
-        return out
-    except FileNotFoundError:
+    if suffix == ".csv":
+        _header, rows = read_csv(path, what="dataset file", extra_cells="keep")
+        # (spreadsheets often export unnamed empty columns: those are no key)
+        return [(line, {k: (v if v != "" else None) for k, v in row.items() if k or v})
+                for line, row in rows]
+    if suffix not in (".jsonl", ".ndjson", ".json"):
+        raise DatasetError(f"{path}: data.dataset=jsonl reads a .jsonl (JSON Lines) or a "
+                           f".csv file, not {suffix or 'a file without extension'}.")
+    if not path.exists():
         raise DatasetError(f"dataset file {path} does not exist; set data.data_path to the "
-                           f".jsonl or .csv file (one line per caption).") from None
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path} could not be read ({type(e).__name__}: {e}).") from None
+                           f".jsonl or .csv file (one line per caption).")
+    out = []
+    for number, text in enumerate(read_text(path, "dataset file").splitlines(), 1):
+        if not text.strip():
+            continue
+        try:
+            out.append((number, loads(text)))
+        except ValueError as e:
+            out.append((number, f"not JSON ({e})"))
+    return out
 
 
 @dataclass
@@ -310,15 +302,23 @@ def write_prepared(data_cfg: "DataConfig", out_dir: str | Path,
     cat = read_catalog(data_cfg)
     out_dir = Path(out_dir)
     path = out_dir / f"{cat.path.stem}.jsonl"
-    with open(path, "w", encoding="utf-8") as f:
-        for vid in cat.order:
-            if vid not in outputs:
-                continue
-            rel = Path(os.path.relpath(os.path.abspath(outputs[vid]), os.path.abspath(out_dir)))
-            for cap in cat.captions.get(vid, []):
-                f.write(json.dumps({"video": rel.as_posix(), "caption": cap,
-                                    "split": cat.split_of[vid], "video_id": vid},
-                                   ensure_ascii=False) + "\n")
+    if not any(vid in outputs for vid in cat.order):
+        raise DatasetError(f"no video of {cat.path} was prepared (see the failures above), so "
+                           f"no dataset file was written to {out_dir}.")
+    if path.exists() and path.resolve() == cat.path.resolve():
+        raise DatasetError(f"{path} is the dataset being prepared; choose another --out.")
+    lines = []
+    for vid in cat.order:
+        if vid not in outputs:
+            continue
+        rel = Path(os.path.relpath(os.path.abspath(outputs[vid]), os.path.abspath(out_dir)))
+        for cap in cat.captions.get(vid, []):
+            lines.append(json.dumps({"video": rel.as_posix(), "caption": cap,
+                                     "split": cat.split_of[vid], "video_id": vid},
+                                    ensure_ascii=False) + "\n")
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(lines), encoding="utf-8")
+    os.replace(tmp, path)
     return path
 
 
@@ -326,7 +326,8 @@ def write_prepared(data_cfg: "DataConfig", out_dir: str | Path,
 
 def convert_spreadsheet(csv_path: str | Path, videos_dir: str | Path, out: str | Path,
                         video_column: str = "video", caption_columns: tuple[str, ...] = ("caption",),
-                        split_column: Optional[str] = None, delimiter: str = ",") -> dict:
+                        split_column: Optional[str] = None, delimiter: str = ",",
+                        replace: bool = False) -> dict:
     """Write ``out`` (JSON Lines) from a spreadsheet saved as CSV: one line per non-empty
     caption cell. A video cell names a file in ``videos_dir`` (a relative path, or a name
     without extension matched to the file of that name). Returns counts."""
@@ -335,20 +336,30 @@ def convert_spreadsheet(csv_path: str | Path, videos_dir: str | Path, out: str |
     csv_path, videos_dir, out = Path(csv_path), Path(videos_dir), Path(out)
     if not videos_dir.is_dir():
         raise DatasetError(f"{videos_dir} is not a folder; pass the folder of clips as --videos.")
-    try:
-        with open(csv_path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f, delimiter=delimiter)
-            header = [h.strip() for h in reader.fieldnames or []]
-            reader.fieldnames = header
-            rows = list(reader)
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{csv_path} could not be read as CSV ({e}).") from None
+    if len(delimiter) != 1:
+        raise DatasetError(f"--delimiter {delimiter!r}: give one character (e.g. ';' or a tab).")
     wanted = [video_column, *caption_columns] + ([split_column] if split_column else [])
-    absent = [c for c in wanted if c not in header]
-    if absent:
-        raise DatasetError(f"{csv_path}: no column {', '.join(map(repr, absent))} (columns: "
-                           f"{', '.join(map(repr, header))}); name them with --video-column, "
-                           f"--caption-column, --split-column.")
+    try:
+        _header, numbered = read_csv(csv_path, tuple(wanted), delimiter, "spreadsheet")
+    except DatasetError as e:
+        if "no column" not in str(e):
+            raise
+        raise DatasetError(f"{e} Name them with --video-column, --caption-column, "
+                           f"--split-column.") from None
+    rows = []
+    for line, row in numbered:
+        if not (row.get(video_column) or "").strip():
+            raise DatasetError(f"{csv_path}, line {line}: no clip in column {video_column!r} "
+                               f"(cells: {', '.join(v for v in row.values() if v)[:80]}); "
+                               f"name the clip, or delete the row.")
+        rows.append(row)
+    if out.is_dir():
+        raise DatasetError(f"--out {out} is a folder; give the .jsonl file to write.")
+    if out.exists() and out.resolve() == csv_path.resolve():
+        raise DatasetError(f"--out {out} is the spreadsheet itself; give a new file name.")
+    if out.exists() and not replace:
+        raise DatasetError(f"--out {out} exists; give a new file name, or pass --replace to "
+                           f"write over it.")
     by_stem = None
     not_found: list[str] = []
     written = 0
@@ -396,10 +407,11 @@ def main(argv: list[str] | None = None) -> int:
                    help="caption column (repeat for several captions a row; default caption)")
     p.add_argument("--split-column", default=None, help="column with train/val/test (optional)")
     p.add_argument("--delimiter", default=",", help="cell separator (default ,)")
+    p.add_argument("--replace", action="store_true", help="write over an existing --out")
     args = p.parse_args(argv)
     s = convert_spreadsheet(args.csv, args.videos, args.out, args.video_column,
                             tuple(args.caption_column or ["caption"]), args.split_column,
-                            args.delimiter)
+                            args.delimiter, args.replace)
     print(f"wrote {s['lines']} caption line(s) from {s['rows']} row(s) to {args.out}")
     if s["videos_not_found"]:
         print(f"{s['videos_not_found']} row(s) name a clip not found in {args.videos} (e.g. "

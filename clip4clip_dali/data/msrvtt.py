@@ -14,14 +14,14 @@ evaluates on its ``--val_csv``.
 """
 from __future__ import annotations
 
-import csv
-import json
 import logging
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption,
                     default_manifest_path, find_videos, load_listing)
+from .tables import read_csv as read_table
+from .tables import loads, read_text, text_problem
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -45,8 +45,8 @@ def read_sentences(path: str | Path) -> dict[str, list[str]]:
     """Captions by video id from ``MSRVTT_data.json``'s ``sentences``, in file order."""
     path = Path(path)
     try:
-        doc = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, ValueError) as e:
+        doc = loads(read_text(path, "MSR-VTT annotation file"))
+    except ValueError as e:
         raise DatasetError(f"{path} is not readable JSON ({e}); restore CLIP4Clip's "
                            f"MSRVTT_data.json.") from None
     sentences = doc.get("sentences") if isinstance(doc, dict) else None
@@ -56,9 +56,13 @@ def read_sentences(path: str | Path) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
     bad, empty = [], 0
     for k, item in enumerate(sentences):
-        if not (isinstance(item, dict) and isinstance(item.get("video_id"), str)
-                and isinstance(item.get("caption"), str)):
-            bad.append(k)
+        if not isinstance(item, dict):
+            bad.append((k, f"a {type(item).__name__}, not an object"))
+            continue
+        why = [f"{key} is {text_problem(item.get(key))}" for key in ("video_id", "caption")
+               if text_problem(item.get(key)) is not None]
+        if why:
+            bad.append((k, "; ".join(why)))
             continue
         text = clean_caption(item["caption"])
         if text:
@@ -66,32 +70,21 @@ def read_sentences(path: str | Path) -> dict[str, list[str]]:
         else:
             empty += 1
     if bad:
+        k, why = bad[0]
         raise DatasetError(f"{path}: {len(bad)} of {len(sentences)} sentences lack a string "
-                           f"video_id or caption (e.g. sentences[{bad[0]}] = "
-                           f"{str(sentences[bad[0]])[:120]}).")
+                           f"video_id or caption (e.g. sentences[{k}]: {why}: "
+                           f"{str(sentences[k])[:120]}); nothing was read. Fix or remove "
+                           f"them.")
     if empty:
         log.warning("%s: skipped %d empty caption(s)", path, empty)
     return captions
 
 
 def read_csv(path: str | Path, columns: tuple[str, ...]) -> list[dict[str, str]]:
-    """Rows of a CSV with a header holding ``columns`` (extra columns are kept, unused)."""
-    path = Path(path)
-    try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            header = [h.strip() for h in (reader.fieldnames or [])]
-            missing = [c for c in columns if c not in header]
-            if missing:
-                raise DatasetError(f"{path}: no column {', '.join(missing)} in its header "
-                                   f"({', '.join(header) or 'empty file'}); expected "
-                                   f"{', '.join(columns)}.")
-            reader.fieldnames = header
-            rows = [{k: (v or "").strip() for k, v in row.items() if k is not None}
-                    for row in reader]
-    except (OSError, UnicodeDecodeError, csv.Error) as e:
-        raise DatasetError(f"{path} is not a readable CSV ({e}).") from None
-    return rows
+    """Rows of a CSV with a header holding ``columns`` (extra columns are kept, unused), cells
+    stripped; the rules of ``tables.read_csv``."""
+    _header, rows = read_table(Path(path), columns, what="MSR-VTT annotation file")
+    return [{k: v.strip() for k, v in row.items()} for _line, row in rows]
 
 
 def read_train_ids(path: str | Path) -> list[str]:

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING
 from ..errors import run_cli
 from .split import (VIDEO_EXTENSIONS, DatasetError, SplitListing, VideoTextSplit,  # noqa: F401
                     build_split, default_manifest_path, find_videos)
+from .tables import read_text
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -66,8 +67,7 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
     captions: dict[str, list[str]] = {}
     empty = 0
     for vid, caps in raw.items():
-        if isinstance(vid, bytes):
-            vid = vid.decode("utf-8", errors="replace")
+        vid = _utf8(vid, vid, path)
         if not isinstance(vid, str):
             raise DatasetError(f"{path}: key {vid!r} is a {type(vid).__name__}; video ids must "
                                f"be strings.")
@@ -87,16 +87,28 @@ def load_captions(path: str | Path) -> dict[str, list[str]]:
     return captions
 
 
+def _utf8(value, vid, path: Path):
+    """Bytes (Python 2 pickles) as text: UTF-8, else Latin-1 (what Python 2 tools wrote), with
+    a warning naming the video."""
+    if not isinstance(value, bytes):
+        return value
+    try:
+        return value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = value.decode("latin-1")
+        log.warning("%s: %r holds bytes that are not UTF-8 (%r), read as Latin-1: %r", path,
+                    vid, value[:40], text[:40])
+        return text
+
+
 def _caption_text(cap, vid: str, path: Path) -> str:
-    if isinstance(cap, bytes):
-        cap = cap.decode("utf-8", errors="replace")
+    cap = _utf8(cap, vid, path)
     if isinstance(cap, str):
         return " ".join(cap.split())
     if isinstance(cap, (list, tuple)):
         tokens = []
         for tok in cap:
-            if isinstance(tok, bytes):
-                tok = tok.decode("utf-8", errors="replace")
+            tok = _utf8(tok, vid, path)
             if not isinstance(tok, str):
                 raise DatasetError(f"{path}: a caption of {vid!r} holds the token {tok!r} "
                                    f"({type(tok).__name__}); tokens must be strings.")
@@ -109,12 +121,11 @@ def _caption_text(cap, vid: str, path: Path) -> str:
 def read_split_ids(data_path: str | Path, split: str) -> list[str]:
     """Video ids of ``<data_path>/<split>_list.txt`` in file order; a repeated id is kept once."""
     path = Path(data_path) / f"{split}_list.txt"
-    try:
-        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    except FileNotFoundError:
+    if not path.exists():
         raise DatasetError(f"split file {path} does not exist; data_path must hold "
                            f"train_list.txt, val_list.txt and test_list.txt (one video id a "
-                           f"line).") from None
+                           f"line).")
+    lines = read_text(path, "split file").splitlines()
     ids, seen, repeated = [], set(), []
     for line in lines:
         vid = line.strip()

@@ -137,22 +137,44 @@ def sampling_mismatch(recorded: Sampling, wanted: Sampling) -> list[str]:
             for k, v in recorded.to_json().items() if getattr(wanted, k) != v]
 
 
+def set_root(data_cfg: "DataConfig") -> Path:
+    """Where a dataset's pre-sampled record would be: beside the dataset file for JSON Lines
+    and CSV (``prepare_msvd.py`` writes the set's file into the set's folder), else
+    ``data.features_path``."""
+    if data_cfg.dataset == "jsonl":
+        return Path(data_cfg.data_path).parent
+    return Path(data_cfg.features_path)
+
+
 def check_sampling(data_cfg: "DataConfig") -> Optional[PresampledSet]:
-    """The pre-sampled set at ``data.features_path`` (None for ordinary clips); a UserError
-    naming both values and the fix when the config samples differently."""
-    pset = read_presampled(data_cfg.features_path)
+    """The pre-sampled set the dataset reads (None for ordinary clips); a UserError naming both
+    values and the fix when the config samples differently."""
+    root = set_root(data_cfg)
+    pset = read_presampled(root)
     if pset is None:
         return None
     wanted = Sampling.from_config(data_cfg)
     diff = sampling_mismatch(pset.sampling, wanted)
     if diff:
+        where = ("data.features_path" if data_cfg.dataset != "jsonl"
+                 else "data.data_path (the set's own .jsonl)")
         raise UserError(
-            f"{data_cfg.features_path} holds clips pre-sampled with {pset.sampling.describe()}; "
+            f"{root} holds clips pre-sampled with {pset.sampling.describe()}; "
             f"{'; '.join(diff)}. Set those keys to the recorded values, or prepare the clips "
             f"again for this config (`python pipelines/prepare_msvd.py --presample --config "
             f"<your config> --src <raw videos> --out <new folder>`) and point "
-            f"data.features_path there (or at the raw clips).")
+            f"{where} there (or at the raw clips).")
     return pset
+
+
+def _record_key(path, root: Path) -> str:
+    """A clip's name in its set's record: its path under the set's folder, no extension (the
+    video id for MSVD and MSR-VTT; the prepared name, folders included, for JSON Lines)."""
+    try:
+        rel = Path(os.path.abspath(path)).relative_to(os.path.abspath(root))
+    except ValueError:
+        return Path(path).stem
+    return rel.with_suffix("").as_posix()
 
 
 def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.ndarray], bool]:
@@ -166,7 +188,7 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
     r = pset.sampling.image_resolution
     out = []
     for vid, path, info in zip(split.video_ids, split.video_paths, split.video_info):
-        rec = pset.videos.get(vid)
+        rec = pset.videos.get(_record_key(path, pset.root), pset.videos.get(vid))
         why = None
         if rec is None:
             why = f"not in the pre-sampled record {sidecar_path(pset.root)}"

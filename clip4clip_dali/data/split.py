@@ -63,16 +63,49 @@ def default_manifest_path(features_path: str | Path) -> Path:
 
 
 def find_videos(features_path: str | Path) -> dict[str, Path]:
-    """Video files under ``features_path`` by id (file name without its last extension)."""
+    """Video files under ``features_path`` by id (file name without its last extension), in a
+    stable order. Followed links are walked once (a link back up the tree is not a loop); a
+    name that is not valid UTF-8, a file that is not a regular file (a pipe, a broken link) or
+    one that vanished while listing is skipped with a warning naming it."""
     root = Path(features_path)
     if not root.is_dir():
         raise DatasetError(f"video folder {root} does not exist; set data.features_path to the "
                            f"folder holding the videos (e.g. MSVD's YouTubeClips).")
     found: dict[str, Path] = {}
-    for dirpath, _dirs, files in os.walk(root, followlinks=True):
-        for name in sorted(files):
-            p = Path(dirpath) / name
-            if name.startswith(".") or p.suffix.lower() not in VIDEO_EXTENSIONS:
+    seen_dirs: set[tuple[int, int]] = set()
+    pending = [root]
+    while pending:
+        folder = pending.pop()
+        try:
+            st = folder.stat()
+            if (st.st_dev, st.st_ino) in seen_dirs:
+                log.warning("%s: a link back to a folder already listed; not listed again",
+                            _shown(folder))
+                continue
+            seen_dirs.add((st.st_dev, st.st_ino))
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            log.warning("%s: cannot be listed (%s); its videos are left out", _shown(folder),
+                        e.strerror or e)
+            continue
+        subdirs = []
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                is_dir = entry.is_dir()  # follows links
+            except OSError:
+                is_dir = False
+            if is_dir:
+                subdirs.append(Path(entry.path))
+                continue
+            p = Path(entry.path)
+            if p.suffix.lower() not in VIDEO_EXTENSIONS:
+                continue
+            why = _unusable(entry)
+            if why is not None:
+                log.warning("skipping %s: %s", _shown(p), why)
                 continue
             vid = p.stem
             if vid in found:
@@ -80,7 +113,26 @@ def find_videos(features_path: str | Path) -> dict[str, Path]:
                             found[vid], p)
                 continue
             found[vid] = p
+        pending.extend(reversed(subdirs))  # depth first, in name order
     return found
+
+
+def _shown(path: Path) -> str:
+    """A path as it can be printed (bytes that are not UTF-8 shown as escapes)."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _unusable(entry: os.DirEntry) -> Optional[str]:
+    try:
+        entry.name.encode("utf-8")
+    except UnicodeEncodeError:
+        return "its name is not valid UTF-8; rename the file"
+    try:
+        if not entry.is_file():  # follows links
+            return "not a regular file (a pipe, a device or a broken link)"
+    except OSError as e:
+        return f"it vanished or cannot be read ({e.strerror or e})"
+    return None
 
 
 @dataclass
