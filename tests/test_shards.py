@@ -245,3 +245,76 @@ def test_other_sampling_is_refused_naming_both_values(sets):
     cfg = shards_cfg(sets[2], loader="reference")
     with pytest.raises(UserError, match="read by DALI only"):
         build_loader(run_cfg(cfg), load_split(cfg, "val"), "eval")
+
+
+# ---- S3 (moto's server on loopback: a real S3 API, no network) --------------------------
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+@pytest.fixture(scope="module")
+def s3_set(sets):
+    import socket
+    import subprocess
+    import time
+
+    import boto3
+
+    port = _free_port()
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        for _ in range(100):
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+                break
+            except OSError:
+                time.sleep(0.1)
+        endpoint = f"http://127.0.0.1:{port}"
+        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                              aws_access_key_id="test", aws_secret_access_key="test")
+        client.create_bucket(Bucket="clips")
+        for f in sets[2].iterdir():
+            if f.is_file() and not f.name.startswith("."):
+                client.upload_file(str(f), "clips", f"set/{f.name}")
+        yield endpoint, "s3://clips/set/manifest.json"
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_shards_read_from_s3_equal_the_local_ones(sets, s3_set, monkeypatch):
+    endpoint, url = s3_set
+    for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
+        monkeypatch.setenv(k, v)
+    cfg = shards_cfg(sets[2], data_path=url)
+    split = load_split(cfg, "val")
+    assert split.video_paths[0].startswith("s3://clips/set/val-000000.tar:")
+    local = load_split(sets[1], "val")
+    assert_same(batches(ShardLoader(split, cfg, "eval", 3)),
+                batches(ShardLoader(local, sets[1], "eval", 3)))
+
+
+def test_s3_without_credentials_or_endpoint_fails_fast_with_a_clear_error(sets, s3_set,
+                                                                          monkeypatch, tmp_path):
+    endpoint, url = s3_set
+    for k, v in S3_ENV.items():
+        monkeypatch.setenv(k, v)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nobody there
+    with pytest.raises(UserError, match="the S3 endpoint does not answer"):
+        load_split(shards_cfg(sets[2], data_path=url), "val")
+    monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)
+    for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(k)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
+    with pytest.raises(UserError, match="no S3 credentials"):
+        load_split(shards_cfg(sets[2], data_path=url), "val")

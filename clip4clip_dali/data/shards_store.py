@@ -144,8 +144,9 @@ class S3Store(Store):
                                 f"(pip install boto3).") from None
             cfg = Config(connect_timeout=self.TIMEOUT, read_timeout=self.TIMEOUT,
                          retries={"max_attempts": 1, "mode": "standard"})
-            self._client = boto3.client("s3", config=cfg,
-                                        endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
+            # A session of its own: boto3's default one keeps the credentials it found first.
+            self._client = boto3.session.Session().client("s3", config=cfg,
+                endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
         return self._client
 
     def _call(self, name: str, fn):
