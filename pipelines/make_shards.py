@@ -97,6 +97,21 @@ def write_json(path: Path, doc) -> None:
     os.replace(tmp, path)
 
 
+def check_clips(clips: Path, sampling: Sampling, codec: str) -> None:
+    from clip4clip_dali.data.presampled import read_presampled
+
+    pset = read_presampled(clips)
+    if pset is None:
+        raise UserError(f"--clips {clips} is not a pre-sampled set (no record of its sampling); "
+                        f"write it with prepare_msvd.py --presample, or leave --clips out.")
+    diff = sampling_mismatch(pset.sampling, sampling)
+    if pset.codec != codec:
+        diff.append(f"the codec is {pset.codec} there but {codec} now")
+    if diff:
+        raise UserError(f"--clips {clips} was pre-sampled with {pset.sampling.describe()} "
+                        f"({'; '.join(diff)}); leave --clips out or give a matching set.")
+
+
 def dataset_splits(data, splits: list[str] | None) -> dict:
     """split -> SplitListing of the config's dataset (no video opened)."""
     from clip4clip_dali.data.dataset import list_split, split_names
@@ -117,7 +132,8 @@ def presample_all(videos: dict[str, Path], clips: Path, sampling: Sampling, code
     from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                                TimeRemainingColumn)
 
-    clips.mkdir(parents=True, exist_ok=True)
+    for name in videos:  # path-like ids (JSONL) keep their folders
+        (clips / name).parent.mkdir(parents=True, exist_ok=True)
     args = (str(clips), sampling, codec, crf, False)
     results: dict[str, tuple] = {}
     columns = (TextColumn("pre-sampling"), BarColumn(), MofNCompleteColumn(),
@@ -230,8 +246,11 @@ def pack_split(out: Path, split: str, samples: list[dict], kind: str, limit: int
 
 def make_shards(data, out: Path, sampling: Sampling, codec: str = "vp9", crf=None,
                 shard_size: str = "512MB", workers: int = 0,
-                splits: list[str] | None = None) -> dict:
-    """Write the shard set; returns a summary (counts, failures, manifest path)."""
+                splits: list[str] | None = None, clips: Path | None = None) -> dict:
+    """Write the shard set; returns a summary (counts, failures, manifest path). ``clips``: a
+    folder of clips ``prepare_msvd.py --presample`` wrote with this sampling and codec (for
+    the dataset's ids), reused where they verify and kept; default: a work folder in ``out``,
+    removed at the end."""
     from clip4clip_dali.data.dataset import output_names
 
     if codec not in CLIP_EXT:
@@ -246,7 +265,10 @@ def make_shards(data, out: Path, sampling: Sampling, codec: str = "vp9", crf=Non
     for lst in listings.values():
         sources.update({names[v]: lst.videos[v] for v in lst.usable})
     workers = workers or max(1, os.cpu_count() or 1)
-    results = presample_all(sources, out / WORK / "clips", sampling, codec, crf, workers)
+    if clips is not None:
+        check_clips(Path(clips), sampling, codec)
+    results = presample_all(sources, Path(clips) if clips else out / WORK / "clips", sampling,
+                            codec, crf, workers)
     ext = CLIP_EXT[codec]
     manifest_splits, kept, total = {}, 0, 0
     for split, lst in listings.items():
@@ -293,6 +315,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codec", choices=sorted(CLIP_EXT), default="vp9",
                    help="vp9 (default; DALI decodes it on CPU and GPU) or h264 (GPU only)")
     p.add_argument("--crf", type=int, default=None, help="quality (default: presample.py's)")
+    p.add_argument("--clips", default=None, help="reuse a prepare_msvd.py --presample folder of "
+                   "the same sampling (clips that verify are packed as they are)")
     for key in ("feature_framerate", "max_frames", "slice_framepos", "image_resolution"):
         p.add_argument("--" + key.replace("_", "-"), type=int, default=None,
                        help=f"data.{key} (overrides --config)")
@@ -308,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
                         f"dataset (msvd, msrvtt or jsonl).")
     sampling = prep.sampling_from_args(args)
     s = make_shards(data, Path(args.out), sampling, args.codec, args.crf, args.shard_size,
-                    args.workers, args.splits.split(",") if args.splits else None)
+                    args.workers, args.splits.split(",") if args.splits else None,
+                    Path(args.clips) if args.clips else None)
     print(f"wrote {s['shards']} shards ({s['kept_shards']} kept from an earlier run) of "
           f"{s['videos'] - len(s['failed'])} videos in {s['seconds']} s: "
           + ", ".join(f"{k} {n}" for k, n in s["samples"].items())

@@ -202,8 +202,9 @@ def shard_copy(args, src: dict, codec: str) -> tuple[Path, str]:
     manifest = out / make_shards.MANIFEST
     if not manifest.exists():
         log(f"writing {src['features_path']} as tar shards into {out}")
+        clips, _ = prepared_copy(args, src["features_path"], src["key"], "presampled", codec)
         s = make_shards.make_shards(data, out, sampling, codec, crf, args.shard_size,
-                                    workers=min(usable_cores(), 16))
+                                    workers=min(usable_cores(), 16), clips=clips)
         if s["failed"]:
             raise RuntimeError(f"make_shards.py failed on {len(s['failed'])} clip(s)")
     shards = len(list(out.glob("*.tar")))
