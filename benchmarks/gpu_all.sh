@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every GPU check in one bounded run, under 8 minutes (stage timeouts sum to 480 s) on one H100/H200. From the repository root:
+# Every GPU check in one bounded run, under 8 minutes on one H100/H200. From the repository root:
 #
 #   OUT=/dir bash benchmarks/gpu_all.sh                # on the GPU machine
 #   OUT=/dir bash benchmarks/gpu_all.sh --device cpu   # dry run: small sizes, CPU, ~1-2 minutes
