@@ -28,7 +28,7 @@
 #                else its rows say "not installed". Dry run: the drawn H.264 set of stage 1.
 #   8. shards:   NVDEC after tar shards (pipelines/make_shards.py, read by offset) against the
 #                same pre-sampled VP9 clips one file each, K = 1 and the largest, and DALI CPU;
-#                interleaved (stage 1 wrote the shards from its pre-sampled clips).
+#                interleaved (the shards packed from stage 1's pre-sampled clips, cached).
 # Needs on the GPU machine: torch (CUDA), nvidia-dali-cuda130, av, open_clip_torch, ftfy, pytest
 # (../shared/device/README.md: how DALI gets there). Nothing is downloaded.
 # Loader rows count as throughput only with >= MIN_BATCHES batches a pass after the first.
@@ -88,7 +88,7 @@ stage tests "${T_TESTS:-70}" $PY -m pytest -m gpu -q -rs -p no:cacheprovider tes
 
 # Builds (and caches) the sets stages 2, 4, 5 and 6 read; --loaders "" measures nothing.
 stage data "${T_DATA:-70}" $BENCH --name "$NAME-data" --sections loader --loaders "" \
-  --codecs vp9,h264 --clip-size $SIZE_A --prepare 3fps,presampled,shards --workers $WORKERS
+  --codecs vp9,h264 --clip-size $SIZE_A --prepare 3fps,presampled --workers $WORKERS
 
 stage nvdec "${T_NVDEC:-85}" $BENCH --name "$NAME-nvdec" --sections loader --codecs vp9,h264 \
   --clip-size $SIZE_A --prepare presampled,3fps --loaders dali_gpu,cache --dali-pipelines $KS \
@@ -128,7 +128,7 @@ stage decoders "${T_DECODERS:-25}" $BENCH --name "$NAME-decoders" --sections dec
   --decoder-gpu-threads 1,4,8,16 --decoder-batch 1 --decoder-min-batches "$MIN_BATCHES" \
   --decoder-repeats 1 --decoder-budget 1 --workers $WORKERS
 
-# Last but one: the tar shard rows (stage 1 wrote the shards from the pre-sampled clips).
+# The tar shard rows; the shards are written here from stage 1's pre-sampled clips (cached).
 stage shards "${T_SHARDS:-30}" $BENCH --name "$NAME-shards" --sections loader --codecs vp9 \
   --clip-size $SIZE_A --prepare presampled,shards --loaders dali_gpu,dali_cpu \
   --dali-pipelines 1,${KS##*,} --interleave --workers $WORKERS

@@ -49,6 +49,10 @@ def _port() -> int:
 
 def test_two_nodes_train_an_epoch_from_shards(shard_set, tmp_path):
     out = tmp_path / "run"
+    idx = shard_set.parent / "train-000001.idx"  # its sample 000000 (video3) loses its JSON
+    lines = idx.read_text().splitlines()
+    lines[1] = " ".join(lines[1].split()[:4])
+    idx.write_text("\n".join(lines) + "\n")
     sets = ["data.dataset=shards", f"data.data_path={shard_set}", "data.dali_threads=1",
             "data.synthetic.videos=0",
             "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=4",
@@ -76,7 +80,9 @@ def test_two_nodes_train_an_epoch_from_shards(shard_set, tmp_path):
     assert [p.returncode for p in procs] == [0, 0], logs[0][-3000:] + logs[1][-3000:]
     recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
     losses = [r["loss"] for r in recs if r["kind"] == "train"]
-    # 5 videos x 2 captions = 10 samples, global batch 4 on 2 ranks: 2 steps of 2 + 2
+    # 4 usable videos x 2 captions = 8 samples, global batch 4 on 2 ranks: 2 steps of 2 + 2
     assert len(losses) == 2 and all(x == x for x in losses)
+    assert json.loads((out / "summary.json").read_text())["skipped_samples"] == 1
+    assert "skipping sample video3 of shard" in logs[0] and "000000.json is missing" in logs[0]
     assert "2 process(es)" in logs[0] and "dali-shards" in logs[0]
     assert json.loads((out / "eval_test.json").read_text())["videos"] == 5

@@ -29,6 +29,7 @@ from .dali_support import dali_import_error
 
 log = logging.getLogger("clip4clip_dali")
 
+REMOTE_READS = 16  # ranged GETs in flight per loader on object storage
 _RESAMPLE = 0x52534D50  # entropy key of the resampled draw (never equal to other generators')
 
 
@@ -55,6 +56,7 @@ class ShardLoader(DaliLoader):
         super().__init__(split, data_cfg, mode, batch_size, **kw)
         self.resampled = int(getattr(data_cfg, "shards_resampled", 0) or 0) if mode == "train" else 0
         self.unreadable: dict[int, str] = {}
+        self._pool, self._fetched = None, {}
 
     def indices(self) -> np.ndarray:
         if not self.resampled:
@@ -64,7 +66,25 @@ class ShardLoader(DaliLoader):
         per_step = self.batch_size * self.world_size
         return order[: (len(order) // per_step) * per_step][self.rank::self.world_size]
 
+    def _feed(self, batch: list[int]):
+        if self.split.store.remote:  # object storage: a batch's ranged GETs at once, not in turn
+            from concurrent.futures import ThreadPoolExecutor
+
+            if self._pool is None:
+                self.split.store.client()  # made once, here: boto3 clients are thread-safe
+                self._pool = ThreadPoolExecutor(REMOTE_READS, thread_name_prefix="shard-read")
+            videos = list(dict.fromkeys(self._video_of(i) for i in batch))
+            self._fetched = dict(zip(videos, self._pool.map(self._fetch, videos)))
+        try:
+            return super()._feed(batch)
+        finally:
+            self._fetched = {}
+
     def _read_clip(self, v: int) -> np.ndarray:
+        got = self._fetched.get(v)
+        return got if got is not None else self._fetch(v)
+
+    def _fetch(self, v: int) -> np.ndarray:
         shard, offset, size = (int(x) for x in self.split.locations[v])
         try:
             data = self.split.store.read_range(self.split.tars[shard], offset, size)

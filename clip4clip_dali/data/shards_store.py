@@ -67,6 +67,8 @@ def member_key(name: str) -> str:
 class Store:
     """Read access to the folder or prefix a manifest sits in."""
 
+    remote = False  # True: each read is a network round trip (read a batch's clips at once)
+
     def __init__(self, root: str):
         self.root = root
 
@@ -123,7 +125,8 @@ class LocalStore(Store):
 
 
 class S3Store(Store):
-    TIMEOUT = 3.0  # seconds to connect / read before an S3 request fails
+    TIMEOUT = 3.0  # seconds to connect / read before an S3 request is tried again (once)
+    remote = True
 
     def __init__(self, root: str):
         super().__init__(root)
@@ -143,7 +146,8 @@ class S3Store(Store):
                 raise UserError(f"{self.root}: reading shards from S3 needs boto3 "
                                 f"(pip install boto3).") from None
             cfg = Config(connect_timeout=self.TIMEOUT, read_timeout=self.TIMEOUT,
-                         retries={"max_attempts": 1, "mode": "standard"})
+                         retries={"max_attempts": 2, "mode": "standard"},
+                         max_pool_connections=32)
             # A session of its own: boto3's default one keeps the credentials it found first.
             self._client = boto3.session.Session().client("s3", config=cfg,
                 endpoint_url=os.environ.get("AWS_ENDPOINT_URL") or None)
