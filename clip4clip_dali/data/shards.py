@@ -60,12 +60,18 @@ def _manifest_path(data_cfg: "DataConfig") -> str:
     return path
 
 
+_CACHE: dict = {}  # the last manifest read: train, val and test splits read it in turn
+
+
 def read_manifest(data_cfg: "DataConfig") -> tuple[dict, Store]:
     """(the manifest, the store it sits in); a UserError naming the file and the fix."""
     path = _manifest_path(data_cfg)
     store = Store.of(path)
     name = path.rsplit("/", 1)[-1]
     try:
+        key = (path, store.size(name), store.mtime(name))
+        if key in _CACHE:
+            return _CACHE[key], store
         doc = json.loads(store.read(name))
     except FileNotFoundError:
         raise DatasetError(f"shard manifest {path} does not exist; write the shards with "
@@ -76,6 +82,8 @@ def read_manifest(data_cfg: "DataConfig") -> tuple[dict, Store]:
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or doc.get("version") != VERSION:
         raise DatasetError(f"{path}: not a {FORMAT} manifest version {VERSION}; write the shards "
                            f"again with pipelines/make_shards.py.")
+    _CACHE.clear()
+    _CACHE[key] = doc
     return doc, store
 
 

@@ -99,6 +99,9 @@ class LocalStore(Store):
     def size(self, name: str) -> int:
         return os.stat(self.where(name)).st_size
 
+    def mtime(self, name: str) -> float:
+        return os.stat(self.where(name)).st_mtime_ns
+
     def read_range(self, name: str, offset: int, size: int) -> bytes:
         fd = self._fds.get(name)
         if fd is None:
@@ -175,9 +178,14 @@ class S3Store(Store):
         return self._call(name, lambda c: c.get_object(
             Bucket=self.bucket, Key=self._key(name))["Body"].read())
 
+    def _head(self, name: str) -> dict:
+        return self._call(name, lambda c: c.head_object(Bucket=self.bucket, Key=self._key(name)))
+
     def size(self, name: str) -> int:
-        return int(self._call(name, lambda c: c.head_object(
-            Bucket=self.bucket, Key=self._key(name))["ContentLength"]))
+        return int(self._head(name)["ContentLength"])
+
+    def mtime(self, name: str) -> str:
+        return str(self._head(name).get("ETag", ""))
 
     def read_range(self, name: str, offset: int, size: int) -> bytes:
         data = self._call(name, lambda c: c.get_object(
