@@ -152,7 +152,6 @@ class Config:
 _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.max_words": (lambda v: v >= 3, "at least 3 (SOT, one token, EOT)"),
     "data.max_frames": (lambda v: v >= 1, "at least 1"),
-    "data.shards_resampled": (lambda v: v >= 0, "0 (epochs) or the samples an epoch draws"),
     "data.feature_framerate": (lambda v: v >= 1, "at least 1 frame per second"),
     "data.slice_framepos": (lambda v: v in (0, 1, 2), "0 (head), 1 (tail) or 2 (uniform)"),
     "data.train_frame_order": (lambda v: v in (0, 1, 2), "0, 1 or 2"),
@@ -161,6 +160,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.num_workers": (lambda v: v >= 0, "0 or more"),
     "data.dali_threads": (lambda v: v >= 0, "0 (auto: the cores of this process) or more"),
     "data.dali_pipelines": (lambda v: v >= 1, "at least 1"),
+    "data.shards_resampled": (lambda v: v >= 0, "0 (epochs) or the samples an epoch draws"),
     "data.torchcodec_threads": (lambda v: v >= 1, "at least 1"),
     "data.prefetch": (lambda v: v >= 1, "at least 1"),
     "data.synthetic.videos": (lambda v: v >= 0, "0 or more"),

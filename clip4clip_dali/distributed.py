@@ -67,9 +67,11 @@ def env_ranks(env=os.environ) -> tuple[int, int, int]:
 
 
 def init_distributed(prefer_device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
-    """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun, or SLURM's variables under srun) and
-    initialise the process group if needed."""
-    rank, world, local_rank = env_ranks()
+    """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and initialise the process group if needed."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = env_ranks()  # (SLURM's variables under srun without torchrun)
     device = pick_device(local_rank, prefer_device)
     if device.type == "cuda":
         torch.cuda.set_device(device)
