@@ -26,6 +26,9 @@
 #                (section decoders; its CPU rows: benchmarks/results/cpu-2core-*-decoders.md).
 #                PyNvVideoCodec comes from $PEER_WHEELS (wheels carried to the machine) if set,
 #                else its rows say "not installed". Dry run: the drawn H.264 set of stage 1.
+#   8. shards:   NVDEC after tar shards (pipelines/make_shards.py, read by offset) against the
+#                same pre-sampled VP9 clips one file each, K = 1 and the largest, and DALI CPU;
+#                interleaved (the shards packed from stage 1's pre-sampled clips, cached).
 # Needs on the GPU machine: torch (CUDA), nvidia-dali-cuda130, av, open_clip_torch, ftfy, pytest
 # (../shared/device/README.md: how DALI gets there). Nothing is downloaded.
 # Loader rows count as throughput only with >= MIN_BATCHES batches a pass after the first.
@@ -80,14 +83,14 @@ stage() {  # stage NAME TIMEOUT CMD...: run under a timeout, log, keep the statu
 { date -u; nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv 2>&1 | head -3
   uptime; } > "$RES/env.txt"; cat "$RES/env.txt"
 
-stage tests "${T_TESTS:-85}" $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests \
+stage tests "${T_TESTS:-70}" $PY -m pytest -m gpu -q -rs -p no:cacheprovider tests \
   --junitxml="$RES/$NAME-gpu_tests.xml"
 
 # Builds (and caches) the sets stages 2, 4, 5 and 6 read; --loaders "" measures nothing.
 stage data "${T_DATA:-70}" $BENCH --name "$NAME-data" --sections loader --loaders "" \
   --codecs vp9,h264 --clip-size $SIZE_A --prepare 3fps,presampled --workers $WORKERS
 
-stage nvdec "${T_NVDEC:-90}" $BENCH --name "$NAME-nvdec" --sections loader --codecs vp9,h264 \
+stage nvdec "${T_NVDEC:-85}" $BENCH --name "$NAME-nvdec" --sections loader --codecs vp9,h264 \
   --clip-size $SIZE_A --prepare presampled,3fps --loaders dali_gpu,cache --dali-pipelines $KS \
   --workers $WORKERS
 
@@ -104,7 +107,7 @@ stage cpudec "${T_CPUDEC:-25}" $BENCH --name "$NAME-cpudec" --sections loader --
   --workers "$CPU_THREADS"
 
 # The e2e rows read the first set: pre-sampled VP9 ($SIZE_A source).
-stage step "${T_STEP:-95}" $BENCH --name "$NAME-step" --sections step --codecs vp9 \
+stage step "${T_STEP:-85}" $BENCH --name "$NAME-step" --sections step --codecs vp9 \
   --clip-size $SIZE_A --prepare presampled $STEP_MODEL --step-batch "$STEP_BATCH" --ckpt off \
   --variants $VARIANT --e2e-variants $VARIANT \
   --e2e-loaders cache,dali_gpu --workers $WORKERS --step-warmup "$STEP_WARMUP" --step-iters "$STEP_ITERS" --step-budget 20
@@ -124,6 +127,11 @@ stage decoders "${T_DECODERS:-25}" $BENCH --name "$NAME-decoders" --sections dec
   --prepare presampled,3fps,raw --decoders torchcodec_cuda,pynvc,dali_nvdec \
   --decoder-gpu-threads 1,4,8,16 --decoder-batch 1 --decoder-min-batches "$MIN_BATCHES" \
   --decoder-repeats 1 --decoder-budget 1 --workers $WORKERS
+
+# The tar shard rows; the shards are written here from stage 1's pre-sampled clips (cached).
+stage shards "${T_SHARDS:-30}" $BENCH --name "$NAME-shards" --sections loader --codecs vp9 \
+  --clip-size $SIZE_A --prepare presampled,shards --loaders dali_gpu,dali_cpu \
+  --dali-pipelines 1,${KS##*,} --interleave --workers $WORKERS
 
 $PY benchmarks/throughput.py --merge "${parts[@]}" --out "$RES" --name "$NAME" > /dev/null 2>&1 \
   || status=1

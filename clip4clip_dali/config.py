@@ -36,7 +36,7 @@ class DataConfig:
     # Layout on disk (README: Datasets): msvd (split lists + raw-captions.pkl in data_path),
     # msrvtt (MSRVTT_data.json + CSVs in data_path), jsonl (data_path: a .jsonl or .csv file,
     # one line per caption, video paths relative to it; features_path unused).
-    dataset: Literal["msvd", "msrvtt", "jsonl"] = "msvd"
+    dataset: Literal["msvd", "msrvtt", "jsonl", "shards"] = "msvd"
     data_path: str = "data/msvd"  # split lists + raw-captions.pkl
     features_path: str = "data/msvd/videos"  # video root (any extension, walked recursively)
     max_words: int = 32
@@ -77,6 +77,11 @@ class DataConfig:
     jsonl_val_fraction: float = 0.1
     jsonl_test_fraction: float = 0.1
     jsonl_split_seed: int = 0
+    # shards (data_path: a make_shards.py manifest): None keeps the source dataset's rule
+    # (MSR-VTT: one caption per video per epoch), True/False forces it. resampled > 0: each
+    # training epoch draws that many samples with replacement (open_clip's --dataset-resampled).
+    shards_caption_per_epoch: Optional[bool] = None
+    shards_resampled: int = 0
     synthetic: SyntheticConfig = field(default_factory=SyntheticConfig)
 
 
@@ -156,6 +161,7 @@ _CHECKS: dict[str, tuple[typing.Callable[[Any], bool], str]] = {
     "data.num_workers": (lambda v: v >= 0, "0 or more"),
     "data.dali_threads": (lambda v: v >= 0, "0 (auto: the cores of this process) or more"),
     "data.dali_pipelines": (lambda v: v >= 1, "at least 1"),
+    "data.shards_resampled": (lambda v: v >= 0, "0 (epochs) or the samples an epoch draws"),
     "data.torchcodec_threads": (lambda v: v >= 1, "at least 1"),
     "data.prefetch": (lambda v: v >= 1, "at least 1"),
     "data.synthetic.videos": (lambda v: v >= 0, "0 or more"),

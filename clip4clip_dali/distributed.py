@@ -1,7 +1,10 @@
 """Process group set-up from torchrun's environment, and the few collectives the trainer needs.
 
 One process per device. NCCL when CUDA is available, gloo otherwise. Without ``WORLD_SIZE`` > 1
-nothing is initialised and every helper degrades to the single-process answer.
+nothing is initialised and every helper degrades to the single-process answer. Under SLURM
+without torchrun (``srun python -m clip4clip_dali.train``, one task per device) the ranks come
+from ``SLURM_PROCID`` / ``SLURM_NTASKS`` / ``SLURM_LOCALID`` (as open_clip reads them) and the
+rendezvous from ``MASTER_ADDR`` / ``MASTER_PORT``, which the batch script exports.
 """
 from __future__ import annotations
 
@@ -36,6 +39,33 @@ def pick_device(local_rank: int = 0, prefer: str = "auto") -> torch.device:
     return torch.device("cuda", local_rank % torch.cuda.device_count())
 
 
+def env_ranks(env=os.environ) -> tuple[int, int, int]:
+    """(rank, world size, local rank): torchrun's variables, else SLURM's (srun), else 1 process.
+    Under SLURM the variables torchrun would set are exported too (``LOCAL_WORLD_SIZE`` sizes
+    the DALI threads), and a missing ``MASTER_ADDR`` is an error that says what to export."""
+    tasks = env.get("SLURM_STEP_NUM_TASKS", env.get("SLURM_NTASKS"))  # the srun step's first
+    if "WORLD_SIZE" in env or tasks is None or "SLURM_PROCID" not in env:
+        return (int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1")),
+                int(env.get("LOCAL_RANK", "0")))
+    rank, world = int(env["SLURM_PROCID"]), int(tasks)
+    local = int(env.get("SLURM_LOCALID", "0"))
+    if world > 1:
+        if "MASTER_ADDR" not in env:
+            from .errors import UserError
+
+            raise UserError("running under srun with SLURM_NTASKS > 1, but MASTER_ADDR is not "
+                            "set: export MASTER_ADDR=$(scontrol show hostnames "
+                            "\"$SLURM_JOB_NODELIST\" | head -n 1) (and MASTER_PORT) in the batch "
+                            "script, or start torchrun once per node.")
+        env.setdefault("MASTER_PORT", "29500")
+        per_node = env.get("SLURM_STEP_TASKS_PER_NODE",
+                           env.get("SLURM_NTASKS_PER_NODE", "")).split("(")[0]
+        if per_node.isdigit():
+            env.setdefault("LOCAL_WORLD_SIZE", per_node)
+        env.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(local))
+    return rank, world, local
+
+
 def init_distributed(prefer_device: str = "auto", timeout_s: float = 1800.0) -> DistInfo:
     """Read RANK/WORLD_SIZE/LOCAL_RANK (torchrun) and initialise the process group if needed."""
     if os.environ.get("TORCHELASTIC_RUN_ID"):  # a torchrun rank: end with the agent
@@ -45,6 +75,7 @@ def init_distributed(prefer_device: str = "auto", timeout_s: float = 1800.0) -> 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    rank, world, local_rank = env_ranks()  # (SLURM's variables under srun without torchrun)
     device = pick_device(local_rank, prefer_device)
     if device.type == "cuda":
         torch.cuda.set_device(device)

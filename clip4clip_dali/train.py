@@ -151,7 +151,10 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     summary = {"status": status, "steps": trainer.state.step, "epoch": trainer.state.epoch,
                "skipped_steps": trainer.state.skipped, "best_val_t2v_R1": trainer.state.best_metric,
                "best_epoch": trainer.state.best_epoch, "losses": trainer.losses,
-               "train_seconds": round(time.perf_counter() - t_start, 2)}
+               "train_seconds": round(time.perf_counter() - t_start, 2),
+               # samples left out: unreadable shards/members (shards.py), undecodable videos
+               "skipped_samples": len(getattr(train_split, "skipped", ()))
+               + len(getattr(loader, "bad_videos", ()))}
     if status == "done" and cfg.eval.test_at_end:
         test_split = load_split(cfg.data, cfg.data.test_split)
         if test_split.num_videos and len(test_split.captions):

@@ -23,14 +23,14 @@ def test_gpu_all_dry_run_on_cpu(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = tmp_path / "out"
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    for stage in ("tests", "data", "nvdec", "widths", "cpudec", "step", "train"):
+    for stage in ("tests", "data", "nvdec", "widths", "cpudec", "step", "train", "shards"):
         assert f"{stage} exit 0" in p.stdout, (stage, p.stdout[-4000:])
     doc = json.loads((out / "dry-run-cpu.json").read_text())
     assert doc["errors"] == [], doc["errors"]
     rows = doc["loader"]["rows"]
     shapes = doc["loader"]["dataset_shapes"]
     # 3 fps and pre-sampled copies of one drawn set; the widths stage's sets drawn at 3 fps
-    assert {s["shape"] for s in shapes.values()} == {"raw", "3fps", "presampled"}
+    assert {s["shape"] for s in shapes.values()} == {"raw", "3fps", "presampled", "shards"}
     assert {d for d, s in shapes.items() if s["shape"] == "raw"} == {
         f"synthetic-{c}-{w}-3fps" for c in ("vp9", "h264") for w in ("90x64", "96x64")}
     gpu = [r for r in rows if r["backend"] in ("dali_gpu", "dali_hybrid")]
@@ -46,4 +46,7 @@ def test_gpu_all_dry_run_on_cpu(tmp_path):
     assert train["status"] == "ok" and 0 <= train["data_wait_share"] <= 1, train
     assert train["steps_measured"] >= 2
     assert any("pre-sampled >= 2x" in t["target"] for t in doc["targets"])
+    assert any("tar shards >= 1.5x" in t["target"] for t in doc["targets"])
+    assert any(r["backend"] == "dali_cpu" and r["status"] == "ok" and shapes[r["dataset"]][
+        "shape"] == "shards" for r in rows)
     assert (out / "dry-run-cpu.md").read_text().startswith("# clip4clip-dali benchmark")

@@ -4,8 +4,9 @@ A source set is drawn (``--codecs``, ``--clip-size``, ``--clip-fps``; cached und
 ``--cache-dir``) or a user's (``--data-path``). ``--prepare`` says which shapes of it are
 measured: ``raw`` (as is), ``3fps`` (``pipelines/prepare_msvd.py``: 3 fps, short side
 ``--resolution``) and ``presampled`` (``prepare_msvd.py --presample``: only the frames CLIP4Clip
-samples, already ``--resolution`` square). Prepared copies share the source's captions and split
-lists (same ``data_path``), so every shape holds the same clips.
+samples, already ``--resolution`` square) and ``shards`` (``pipelines/make_shards.py``: the same
+pre-sampled clips in tar shards, read with ``data.dataset=shards``). Prepared copies share the
+source's captions and split lists (same ``data_path``), so every shape holds the same clips.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import numpy as np
 from .common import log, usable_cores
 
 REPO = Path(__file__).resolve().parents[2]
-PREPARE_SHAPES = ("raw", "3fps", "presampled")
+PREPARE_SHAPES = ("raw", "3fps", "presampled", "shards")
 PRESAMPLE_CODECS = ("vp9", "h264")  # what prepare_msvd.py --presample writes
 
 
@@ -46,7 +47,9 @@ def add_args(p) -> None:
     g.add_argument("--seed", type=int, default=0)
     g.add_argument("--prepare", default="raw",
                    help="shapes of each set to measure: raw (as is), 3fps and presampled (both "
-                        "made from it by pipelines/prepare_msvd.py, cached), comma separated")
+                        "made from it by pipelines/prepare_msvd.py, cached) and shards "
+                        "(pipelines/make_shards.py, cached), comma separated")
+    g.add_argument("--shard-size", default="256MB", help="make_shards.py --shard-size")
     g.add_argument("--prepare-codec", default="auto",
                    help="codec of the prepared copies: vp9, h264 or auto (the source's when it "
                         "is vp9/h264, else vp9)")
@@ -179,6 +182,36 @@ def prepared_copy(args, src_videos: Path, src_key: str, shape: str, codec: str) 
     return out, f"prepared by pipelines/prepare_msvd.py: {how}"
 
 
+def shard_copy(args, src: dict, codec: str) -> tuple[Path, str]:
+    """The source set written by ``pipelines/make_shards.py`` into the cache (reused once
+    complete). Returns (its manifest, a note)."""
+    from clip4clip_dali.data.presampled import Sampling
+
+    pipelines = str(REPO / "pipelines")
+    if pipelines not in sys.path:
+        sys.path.insert(0, pipelines)
+    import make_shards
+
+    data = make_cfg(args, src["data_path"], src["features_path"]).data
+    sampling = Sampling.from_config(data)
+    crf = args.presample_crf
+    out = Path(args.cache_dir) / "prepared" / (
+        f"{src['key']}--shards-{codec}-r{sampling.image_resolution}-m{sampling.max_frames}"
+        f"-ff{sampling.feature_framerate}-sp{sampling.slice_framepos}-{args.shard_size}"
+        + ("" if crf is None else f"-crf{crf}"))
+    manifest = out / make_shards.MANIFEST
+    if not manifest.exists():
+        log(f"writing {src['features_path']} as tar shards into {out}")
+        clips, _ = prepared_copy(args, src["features_path"], src["key"], "presampled", codec)
+        s = make_shards.make_shards(data, out, sampling, codec, crf, args.shard_size,
+                                    workers=min(usable_cores(), 16), clips=clips)
+        if s["failed"]:
+            raise RuntimeError(f"make_shards.py failed on {len(s['failed'])} clip(s)")
+    shards = len(list(out.glob("*.tar")))
+    return manifest, (f"tar shards by pipelines/make_shards.py (pre-sampled ({sampling.describe()}), "
+                      f"{codec}, {shards} shards of <= {args.shard_size}), read by offset")
+
+
 def make_cfg(args, data_path: Path | None, features_path: Path | None, overrides=()):
     from clip4clip_dali.config import load_config
 
@@ -197,10 +230,16 @@ def load_bench_split(args, data_path: Path, features_path: Path, split: str, ove
     cfg = make_cfg(args, data_path, features_path, overrides)
     sp = load_split(cfg.data, split)
     if args.max_videos and sp.num_videos > args.max_videos:
+        import dataclasses
+
         keep = args.max_videos
         sel = np.flatnonzero(sp.caption_video < keep)
-        sp = type(sp)(sp.name, sp.video_ids[:keep], sp.video_paths[:keep], sp.video_info[:keep],
-                      [sp.captions[i] for i in sel], sp.caption_video[sel])
+        extra = {"locations": sp.locations[:keep]} if hasattr(sp, "locations") else {}
+        sp = dataclasses.replace(sp, video_ids=sp.video_ids[:keep],
+                                 video_paths=sp.video_paths[:keep],
+                                 video_info=sp.video_info[:keep],
+                                 captions=[sp.captions[i] for i in sel],
+                                 caption_video=sp.caption_video[sel], **extra)
     return cfg, sp
 
 
@@ -250,6 +289,13 @@ def datasets(args) -> list[dict]:
         for shape in prepare_shapes(args):
             if shape == "raw":
                 out.append({**src, "source": src["label"], "shape": "raw"})
+                continue
+            if shape == "shards":
+                manifest, how = shard_copy(args, src, codec)
+                out.append({**src, "label": f"{src['label']}:shards-{codec}", "source": src["label"],
+                            "shape": shape, "codec": codec, "data_path": manifest,
+                            "features_path": manifest, "overrides": ["data.dataset=shards"],
+                            "note": f"{src['note']}; {how}"})
                 continue
             fp, how = prepared_copy(args, src["features_path"], src["key"], shape, codec)
             crf = f"-crf{args.presample_crf}" if shape == "presampled" and \

@@ -109,7 +109,8 @@ def _jobs(args, sec, rep):
         sec["datasets"][label] = ds["note"]
         sec.setdefault("dataset_shapes", {})[label] = {"source": ds["source"], "shape": ds["shape"]}
         try:
-            cfg, split = load_bench_split(args, ds["data_path"], ds["features_path"], args.split)
+            cfg, split = load_bench_split(args, ds["data_path"], ds["features_path"], args.split,
+                                          ds.get("overrides", ()))
             _describe(sec, label, split)
         except Exception as e:
             rep.error(f"loader [{label}] dataset", e)
@@ -118,7 +119,7 @@ def _jobs(args, sec, rep):
             for k in (pipelines if kind in DALI_KINDS else [None]):
                 kcfg = cfg if k in (None, cfg.data.dali_pipelines) else load_bench_split(
                     args, ds["data_path"], ds["features_path"], args.split,
-                    [f"data.dali_pipelines={k}"])[0]
+                    [*ds.get("overrides", ()), f"data.dali_pipelines={k}"])[0]
                 yield label, kind, k, kcfg, split
 
 
@@ -260,6 +261,17 @@ def targets(doc: dict) -> list[dict]:
                 f"CPU [{src}]: DALI-CPU steady frames/s on pre-sampled >= 2x on 3 fps prepared "
                 f"clips (same run, same clips)", _steady(rows, "dali_cpu", got["presampled"]),
                 _steady(rows, "dali_cpu", got["3fps"]), 2.0))
+        if "presampled" in got and "shards" in got:
+            for kind in ("dali_cpu", "dali_gpu"):
+                out.append(_ratio_target(
+                    f"{'CPU' if kind == 'dali_cpu' else 'GPU'} [{src}]: tar shards >= 1.5x "
+                    f"per-file pre-sampled clips, {kind} steady frames/s (same run)",
+                    _steady(rows, kind, got["shards"]), _steady(rows, kind, got["presampled"]),
+                    1.5))
+        if "shards" in got:
+            out.append(_floor_target(f"GPU [{got['shards']}]: NVDEC after tar shards >= 10,000 "
+                                     f"steady frames/s", _steady(rows, "dali_gpu", got["shards"]),
+                                     10000, gpu_run, "best K"))
         if "presampled" in got:
             out.append(_floor_target(f"GPU [{got['presampled']}]: NVDEC (DALI GPU) >= 10,000 "
                                      f"steady frames/s on pre-sampled clips",

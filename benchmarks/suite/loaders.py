@@ -42,6 +42,8 @@ def make_loader(kind: str, cfg, split, mode: str, batch_size: int, device):
                               device=out_device)
         loader.filler = inner
         return loader
+    if cfg.data.dataset == "shards":  # tar shards: the same DALI loader, fed by offset
+        from clip4clip_dali.data.dali_shards import ShardLoader as DaliLoader  # noqa: F811
     if kind in GPU_KINDS:
         data = dataclasses.replace(cfg.data, dali_decoder="cpu" if kind == "dali_hybrid" else "nvdec")
         return DaliLoader(split, data, mode, batch_size,
@@ -85,6 +87,8 @@ def cache_filler(split, has_cuda: bool) -> str:
 
 def unsupported_reason(kind: str, split, has_cuda: bool) -> str | None:
     """Why ``kind`` cannot read this split's videos, or None."""
+    if hasattr(split, "locations") and kind not in DALI_KINDS + ("cache",):
+        return "tar shards are read by DALI only"
     if kind in DALI_KINDS:
         try:
             import torch

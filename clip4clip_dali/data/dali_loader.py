@@ -242,12 +242,16 @@ class DaliLoader(EpochShard):
         self._idle = None
 
     # ---- sample bookkeeping ------------------------------------------------------------
+    def _read_clip(self, v: int) -> np.ndarray:
+        """The encoded bytes of video ``v``."""
+        return np.fromfile(self.split.video_paths[v], dtype=np.uint8)
+
     # ---- DALI -------------------------------------------------------------------------
     def _feed(self, batch: list[int]):
         enc, frames, sizes, resize = [], [], [], []
         for i in batch:
             v = self._video_of(i)
-            enc.append(np.fromfile(self.split.video_paths[v], dtype=np.uint8))
+            enc.append(self._read_clip(v))
             if self.presampled:
                 continue
             frames.append(self._indices[v])

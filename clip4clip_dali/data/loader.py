@@ -21,6 +21,7 @@ import torch
 
 from ..errors import UserError
 from .dali_loader import DaliLoader
+from .dali_shards import ShardLoader, shard_backend
 from .dali_support import (dali_import_error, decoder_device, normalize_codec,
                           unsupported_reason)
 from .presampled import check_sampling
@@ -132,14 +133,17 @@ def build_loader(cfg: "Config", split: "MSVDSplit", mode: str, rank: int = 0,
         batch = per_rank_batch(cfg.train.batch_size, world_size, "train.batch_size")
     else:
         batch = max(1, cfg.train.eval_batch_size // world_size)
-    presampled = check_sampling(cfg.data) is not None  # refuses another sampling, first
-    backend, reason = choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder)
+    shards = cfg.data.dataset == "shards"  # tar shards: pre-sampled, DALI only
+    presampled = shards or check_sampling(cfg.data) is not None  # refuses another sampling
+    backend, reason = (shard_backend(cfg.data.loader) if shards else
+                       choose_backend(cfg.data.loader, split, device, cfg.data.dali_decoder))
     cache = cfg.data.frame_cache if frame_cache is None else frame_cache
     log.info("data loader for %s (%s): %s%s on %s, %s%s", split.name, mode, backend,
              " + frame cache" if cache else "", device, reason,
              "; pre-sampled clips, decoded whole" if presampled else "")
     common = dict(rank=rank, world_size=world_size, device=device, seed=cfg.train.seed)
-    make = {"dali": DaliLoader, "torchcodec": TorchcodecLoader}.get(backend, ReferenceLoader)
+    make = ShardLoader if shards else {"dali": DaliLoader,
+                                       "torchcodec": TorchcodecLoader}.get(backend, ReferenceLoader)
     if not cache:
         return make(split, cfg.data, mode, batch, **common)
     from .frame_cache import CachedLoader

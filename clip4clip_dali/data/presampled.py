@@ -182,6 +182,8 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
     pre-sampled). For a pre-sampled set that is every frame of the file; a file that does not
     hold what its record says (other frame count or size, no record) gets no frames, with a
     warning naming it, and the loaders then leave it out as they leave out broken files."""
+    if getattr(data_cfg, "dataset", "") == "shards":  # pre-sampled clips in tars (shards.py)
+        return [np.arange(info.frames, dtype=np.int64) for info in split.video_info], True
     pset = check_sampling(data_cfg)
     if pset is None:
         return [clip_frame_indices(info, data_cfg) for info in split.video_info], False

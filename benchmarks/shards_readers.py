@@ -1,0 +1,128 @@
+"""Which way to read tar shards: DALI's ``readers.webdataset`` or ranged reads into an external
+source (what ``data.dataset=shards`` does), against per-file pre-sampled clips. Same clips, same
+graph after the bytes (decode whole, normalise, pad), same threads; passes interleaved.
+
+    python benchmarks/shards_readers.py --presampled DIR --data-path MSVD_DATA --manifest M \
+        [--batch 8] [--rounds 3] [--threads 2]
+
+(``benchmarks/throughput.py --prepare presampled,shards`` leaves such sets in its cache.)
+Every reader's batches are copied into torch tensors, as the loaders deliver them. Prints one
+JSON line per reader: frames/s of each pass (the first batch left out; frames a clip really
+has, padding not counted) and the median.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+
+def webdataset_pass(manifest: Path, batch: int, threads: int, resolution: int, max_frames: int):
+    import nvidia.dali.fn as fn
+    import nvidia.dali.types as types
+    from nvidia.dali import pipeline_def
+
+    from clip4clip_dali.data.reference import CLIP_MEAN, CLIP_STD
+
+    doc = json.loads(manifest.read_text())
+    shards = doc["splits"]["train"]["shards"]
+    n = sum(len(s["samples"]) for s in shards)
+
+    @pipeline_def(batch_size=batch, num_threads=threads, device_id=None, prefetch_queue_depth=2)
+    def pipe():
+        video = fn.readers.webdataset(paths=[str(manifest.parent / s["tar"]) for s in shards],
+                                      index_paths=[str(manifest.parent / s["index"]) for s in shards],
+                                      ext=["webm"], name="wds", pad_last_batch=False)
+        video = fn.decoders.video(video, device="cpu")
+        shape = video.shape()  # (frames, H, W, C): the frames this sample really has
+        video = fn.crop_mirror_normalize(video, mean=[255 * m for m in CLIP_MEAN],
+                                         std=[255 * s for s in CLIP_STD], dtype=types.FLOAT,
+                                         output_layout="FCHW")
+        return fn.pad(video, axis_names="F", shape=[max_frames], fill_value=0.0), shape
+
+    p = pipe()
+    p.build()
+    steps = n // batch
+
+    def run():
+        import torch
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+
+        frames, t1 = 0, None
+        for k in range(steps):
+            out, shape = p.run()
+            tensor = out.as_tensor()  # into torch, as the loaders deliver batches
+            dst = torch.empty(tuple(tensor.shape()), dtype=torch.float32)
+            feed_ndarray(tensor, dst)
+            if k == 0:
+                t1 = time.perf_counter()
+                continue
+            frames += int(sum(shape.at(i)[0] for i in range(len(shape))))
+        return frames / (time.perf_counter() - t1)
+
+    return run
+
+
+def loader_pass(loader, max_frames: int):
+    def run():
+        frames, t1 = 0, None
+        for k, b in enumerate(loader):
+            if k == 0:
+                t1 = time.perf_counter()
+                continue
+            frames += int(b["video_mask"].sum())
+        return frames / (time.perf_counter() - t1)
+
+    return run
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--presampled", required=True)
+    ap.add_argument("--data-path", required=True)
+    ap.add_argument("--manifest", required=True)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--max-frames", type=int, default=12)
+    ap.add_argument("--resolution", type=int, default=224)
+    args = ap.parse_args()
+    from clip4clip_dali.config import DataConfig
+    from clip4clip_dali.data.dali_loader import DaliLoader
+    from clip4clip_dali.data.dali_shards import ShardLoader
+    from clip4clip_dali.data.dataset import load_split
+
+    common = dict(max_frames=args.max_frames, image_resolution=args.resolution,
+                  dali_threads=args.threads, prefetch=2)
+    per_file = DataConfig(data_path=args.data_path, features_path=args.presampled, **common)
+    shards = DataConfig(dataset="shards", data_path=args.manifest, **common)
+    runs = {"per-file pre-sampled (DaliLoader)": loader_pass(DaliLoader(
+                load_split(per_file, "train"), per_file, "eval", args.batch), args.max_frames),
+            "shards, ranged reads (ShardLoader)": loader_pass(ShardLoader(
+                load_split(shards, "train"), shards, "eval", args.batch), args.max_frames),
+            "shards, readers.webdataset": webdataset_pass(Path(args.manifest), args.batch,
+                                                          args.threads, args.resolution,
+                                                          args.max_frames)}
+    for run in runs.values():  # warm-up pass each
+        run()
+    got = {k: [] for k in runs}
+    for _ in range(args.rounds):
+        for k, run in runs.items():
+            got[k].append(run())
+    for k, v in got.items():
+        print(json.dumps({"reader": k, "frames_per_s": [round(x, 1) for x in v],
+                          "median": round(statistics.median(v), 1),
+                          "load_average": os.getloadavg()}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
