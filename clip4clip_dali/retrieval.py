@@ -137,6 +137,11 @@ def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
         results["dsl"] = dsl_metrics(sim, cap_video)
     results["videos"] = int(len(present))
     results["captions"] = int(len(captions))
+    if split.video_window is not None:
+        # Windowed entries: "videos" counts the retrieval targets, (file, window) pairs; these
+        # say how many moments they are and how many files they come from.
+        results["moments"] = int(sum(split.window_of(int(v)) is not None for v in present))
+        results["video_files"] = len({split.video_paths[int(v)] for v in present})
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
 
@@ -146,8 +151,11 @@ def print_results(results: dict, split: str, console=None) -> None:
 
     table = format_table({k: v for k, v in results.items() if k in ("plain", "dsl")},
                          title=split)
-    table.caption = (f"{results['captions']} captions, {results['videos']} videos, "
-                     f"{results['seconds']:.1f} s")
+    targets = f"{results['videos']} videos"
+    if "moments" in results:
+        targets = (f"{results['videos']} entries ({results['moments']} time windows) from "
+                   f"{results['video_files']} video files")
+    table.caption = f"{results['captions']} captions, {targets}, {results['seconds']:.1f} s"
     (console or Console()).print(table)
 
 

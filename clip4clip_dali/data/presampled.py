@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..errors import UserError
-from .sampling import clip_frame_indices, frame_indices
+from .sampling import frame_indices, window_frame_indices
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -177,6 +177,18 @@ def _record_key(path, root: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
+def _window_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> list[np.ndarray]:
+    out = []
+    for v, info in enumerate(split.video_info):
+        idx, note = window_frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
+                                         data_cfg.max_frames, data_cfg.slice_framepos,
+                                         split.window_of(v))
+        if note is not None:
+            log.warning("%s (%s): %s", split.video_ids[v], split.video_paths[v], note)
+        out.append(idx)
+    return out
+
+
 def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.ndarray], bool]:
     """(indices of the frames each video of ``split`` contributes, whether the set is
     pre-sampled). For a pre-sampled set that is every frame of the file; a file that does not
@@ -184,7 +196,17 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
     warning naming it, and the loaders then leave it out as they leave out broken files."""
     pset = check_sampling(data_cfg)
     if pset is None:
-        return [clip_frame_indices(info, data_cfg) for info in split.video_info], False
+        return _window_frames(split, data_cfg), False
+    windowed = [v for v in range(split.num_videos) if split.window_of(v) is not None]
+    if windowed:
+        v = windowed[0]
+        raise UserError(
+            f"split {split.name} samples time windows ({len(windowed)} of its "
+            f"{split.num_videos} entries, e.g. {split.video_ids[v]}: "
+            f"{split.window_of(v)[0]}-{split.window_of(v)[1]} s), but {pset.root} holds clips "
+            f"pre-sampled from whole videos, whose frames are other frames. Point "
+            f"data.features_path (JSON Lines: data.data_path) at the raw or prepared (not "
+            f"--presample) clips.")
     r = pset.sampling.image_resolution
     out = []
     for vid, path, info in zip(split.video_ids, split.video_paths, split.video_info):
