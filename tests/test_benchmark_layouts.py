@@ -106,7 +106,8 @@ def test_one_epoch_and_evaluation(layouts, tmp_path, name):
     out = tmp_path / "run"
     p = run_train(args(out, f"data.dataset={name}", f"data.data_path={data}",
                        f"data.features_path={videos}", "data.loader=dali",
-                       "data.frame_cache=false", "data.max_words=16"))
+                       "data.frame_cache=false", "data.max_words=16",
+                       "eval.index_test_split=false"))
     check(p)
     assert losses(out) and "dali" in p.stderr
     res = check_run(out, "test")
