@@ -71,6 +71,17 @@ def _gather_videos(idx, feats, masks, n_videos, max_frames, device, dim_hint):
     return idx[order], feats[order], masks[order]
 
 
+def window_counts(split, present) -> dict:
+    """For a split with time windows, {"moments": windowed entries, "video_files": files}
+    among the evaluated entries ``present`` ("videos" counts the entries, the retrieval
+    targets); {} otherwise."""
+    windows = getattr(split, "video_window", None)
+    if windows is None:
+        return {}
+    return {"moments": int(sum(windows[int(v)] is not None for v in present)),
+            "video_files": len({split.video_paths[int(v)] for v in present})}
+
+
 @torch.no_grad()
 def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
                    tokenizer=None) -> dict:
@@ -137,11 +148,7 @@ def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
         results["dsl"] = dsl_metrics(sim, cap_video)
     results["videos"] = int(len(present))
     results["captions"] = int(len(captions))
-    if split.video_window is not None:
-        # Windowed entries: "videos" counts the retrieval targets, (file, window) pairs; these
-        # say how many moments they are and how many files they come from.
-        results["moments"] = int(sum(split.window_of(int(v)) is not None for v in present))
-        results["video_files"] = len({split.video_paths[int(v)] for v in present})
+    results.update(window_counts(split, present))
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
 

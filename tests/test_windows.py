@@ -54,6 +54,17 @@ def test_each_video_window_pair_is_an_entry(dataset):
     assert split.num_files == 2
 
 
+def test_evaluation_and_stats_count_moments_and_files(dataset):
+    from clip4clip_dali.data.stats import dataset_stats
+    from clip4clip_dali.retrieval import window_counts
+
+    split = load_split(cfg(dataset), "test")
+    assert window_counts(split, range(5)) == {"moments": 3, "video_files": 2}
+    assert window_counts(split, [0, 4]) == {"moments": 0, "video_files": 2}
+    stats = dataset_stats(cfg(dataset), probe=False)["test"]
+    assert stats["entries"] == 5 and stats["captions"] == 6
+
+
 def test_every_loader_serves_the_window_frames(dataset, caplog):
     c = cfg(dataset)
     split = load_split(c, "test")

@@ -17,7 +17,7 @@ import logging
 import math
 from typing import TYPE_CHECKING
 
-from .layout_files import annotation_file, listing
+from .layout_files import annotation_file, listing, require_split
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption, find_videos,
                     load_listing)
 from .tables import read_json, text_problem
@@ -87,9 +87,7 @@ def split_names(data_cfg: "DataConfig") -> list[str]:
 
 def list_split(data_cfg: "DataConfig", split: str) -> SplitListing:
     """What ``split`` lists (no video is opened)."""
-    if split not in SPLITS:
-        raise DatasetError(f"ActivityNet has the splits {', '.join(SPLITS)} (test reads val), "
-                           f"not {split!r}; set data.train_split / val_split / test_split.")
+    require_split(split, SPLITS, "ActivityNet", " (test reads val)")
     ids_name, json_name = FILES[split]
     pseudo_ids = read_ids(annotation_file(data_cfg, ids_name, "ActivityNet Captions", HOLDS))
     json_path = annotation_file(data_cfg, json_name, "ActivityNet Captions", HOLDS)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .layout_files import annotation_file, listing
+from .layout_files import annotation_file, listing, require_split
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption, find_videos,
                     load_listing)
 from .tables import read_json, read_text, text_problem
@@ -69,9 +69,7 @@ def split_names(data_cfg: "DataConfig") -> list[str]:
 
 def list_split(data_cfg: "DataConfig", split: str) -> SplitListing:
     """What ``split`` lists (no video is opened)."""
-    if split not in SPLITS:
-        raise DatasetError(f"DiDeMo has the splits {', '.join(SPLITS)}, not {split!r}; set "
-                           f"data.train_split / val_split / test_split to one of them.")
+    require_split(split, SPLITS, "DiDeMo")
     listed = read_list(annotation_file(data_cfg, f"{split}_list.txt", "DiDeMo", HOLDS))
     json_path = annotation_file(data_cfg, f"{split}_data.json", "DiDeMo", HOLDS)
     descriptions = read_descriptions(json_path)

@@ -17,9 +17,9 @@ The whole file is checked up front and the problems come in one report (counts a
 lines of each). Refused (nothing is read until they are fixed): lines that are not a JSON
 object, unknown keys (a misspelt key would silently lose data), a missing ``video`` or
 ``caption`` key, non-text values, a video in two splits, one ``video_id`` for two files or two
-for one file. Skipped with a warning: empty captions, duplicate lines (same video, caption and moment;
-the first is kept), videos whose file is missing (as MSVD's reader skips them); videos that
-cannot be decoded are skipped when the split is loaded.
+for one file, a bad ``start``/``end``. Skipped with a warning: empty captions, duplicate lines
+(same video, caption and moment; the first is kept), videos whose file is missing (as MSVD's
+reader skips them); videos that cannot be decoded are skipped when the split is loaded.
 """
 from __future__ import annotations
 

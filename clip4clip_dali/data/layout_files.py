@@ -12,6 +12,12 @@ if TYPE_CHECKING:
     from ..config import DataConfig
 
 
+def require_split(split: str, splits: tuple[str, ...], layout: str, note: str = "") -> None:
+    if split not in splits:
+        raise DatasetError(f"{layout} has the splits {', '.join(splits)}{note}, not {split!r}; "
+                           f"set data.train_split / val_split / test_split to one of them.")
+
+
 def annotation_file(data_cfg: "DataConfig", name: str, layout: str, holds: str) -> Path:
     path = Path(data_cfg.data_path) / name
     if not path.is_file():

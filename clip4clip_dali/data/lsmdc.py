@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from .layout_files import annotation_file, listing
+from .layout_files import annotation_file, listing, require_split
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption, find_videos,
                     load_listing)
 from .tables import read_text
@@ -51,9 +51,7 @@ def split_names(data_cfg: "DataConfig") -> list[str]:
 
 def list_split(data_cfg: "DataConfig", split: str) -> SplitListing:
     """What ``split`` lists (no video is opened)."""
-    if split not in SPLITS:
-        raise DatasetError(f"LSMDC has the splits {', '.join(SPLITS)}, not {split!r}; set "
-                           f"data.train_split / val_split / test_split to one of them.")
+    require_split(split, SPLITS, "LSMDC")
     path = annotation_file(data_cfg, FILES[split], "LSMDC", ", ".join(FILES.values()))
     captions = read_annotations(path)
     if not captions:

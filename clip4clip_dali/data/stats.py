@@ -44,7 +44,7 @@ def split_stats(listing: SplitListing, data_cfg: "DataConfig", probe: bool = Tru
         "train_samples_per_epoch": len(usable) if listing.caption_per_epoch else pairs,
     }
     if listing.windows:  # each (video, window) is an entry of its own
-        out["time_windows"] = sum(len(set(listing.windows.get(v) or [None])) for v in usable)
+        out["entries"] = sum(len(set(listing.windows.get(v) or [None])) for v in usable)
     if not probe:
         return out
     from .manifest import load_manifest
@@ -85,8 +85,8 @@ def format_stats(stats: dict, data_cfg: "DataConfig") -> str:
         if s["train_samples_per_epoch"] != s["pairs"]:
             lines.append(f"  trained on: {s['train_samples_per_epoch']} samples per epoch (one "
                          f"per video, a caption drawn each epoch)")
-        if "time_windows" in s:
-            lines.append(f"  {s['time_windows']} (video, time window) entries: each sampled "
+        if "entries" in s:
+            lines.append(f"  {s['entries']} (video, time window) entries: each sampled "
                          f"and retrieved on its own")
         if s["missing_examples"]:
             lines.append(f"  missing: {', '.join(s['missing_examples'])}")
