@@ -72,6 +72,22 @@ def test_lsmdc_tab_lines_a_sample_per_line_quotes_kept(layouts):
     assert load_split(c, "test", probe=False).video_ids == ["video5", "video6", "video7"]
 
 
+def test_stats_and_prepare_see_every_layout(layouts):
+    """``data.stats`` per split and the videos ``prepare_msvd.py --config`` copies (output
+    names without the listed extension, so a DiDeMo copy 'video0.webm' is found again)."""
+    from clip4clip_dali.data.dataset import dataset_videos, output_names
+    from clip4clip_dali.data.stats import dataset_stats
+
+    for name in WRITERS:
+        stats = dataset_stats(cfg(layouts, name), probe=False)
+        assert set(stats) == {"train", "val", "test"}
+        assert stats["test"]["videos_found"] == 3 and stats["test"]["videos_missing"] == 0
+        assert ("entries" in stats["test"]) == (name != "lsmdc")
+        videos = dataset_videos(cfg(layouts, name))
+        assert len(videos) == 8
+        assert sorted(output_names(videos).values()) == [f"video{k}" for k in range(8)]
+
+
 @pytest.mark.parametrize("name,file,text,match", [
     ("lsmdc", LSMDC_FILES["val"], "video5\t1\t2\t3\tsentence\n", r"line 1: 5 tab-separated"),
     ("didemo", "val_data.json", '{"video": "x"}', r"val_data.json holds a dict"),
