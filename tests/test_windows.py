@@ -122,14 +122,23 @@ def test_csv_times_are_read(tmp_path):
     assert split.video_window == [None, (0, 2)]
 
 
-def test_presampled_set_refuses_a_windowed_split(dataset, tmp_path, monkeypatch):
+def test_presampled_set_serves_only_windows_that_are_the_whole_video(dataset, tmp_path,
+                                                                    monkeypatch):
     from clip4clip_dali.data import presampled
     from clip4clip_dali.errors import UserError
 
+    # (a real record is tested in test_presampled.py; here the windows against its sources)
+    record = {"long": {"frames": 4, "source_frames": 70, "source_fps": 10.0},
+              "short": {"frames": 3, "source_frames": 20, "source_fps": 10.0}}
+    pset = SimpleNamespace(root=dataset.parent, videos=record,
+                           sampling=presampled.Sampling(1, 4, 2, 32))
+    monkeypatch.setattr(presampled, "check_sampling", lambda data_cfg: pset)
     c = cfg(dataset)
-    split = load_split(c, "test")
-    # (a pre-sampled record's content is tested in test_presampled.py; here only its presence)
-    monkeypatch.setattr(presampled, "check_sampling",
-                        lambda data_cfg: SimpleNamespace(root=tmp_path))
-    with pytest.raises(UserError, match=r"long.webm@1-3: 1-3 s.*pre-sampled from whole"):
-        split_frames(split, c)
+    with pytest.raises(UserError, match=r"3 of its 5 entries.*long.webm@1-3: 1-3 s.*"
+                                        r"pre-sampled from whole"):
+        split_frames(load_split(c, "test"), c)
+    whole = write_lines(dataset.parent / "whole.jsonl", [
+        {"video": "long.webm", "caption": "all of it", "start": 0, "end": 31},
+        {"video": "short.avi", "caption": "all of that", "start": 0, "end": 2.5}])
+    frames, is_presampled = split_frames(load_split(cfg(whole), "train"), cfg(whole))
+    assert is_presampled and len(frames) == 2  # (sizes differ from the record: warned, left out)

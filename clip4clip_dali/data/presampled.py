@@ -197,20 +197,13 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
     pset = check_sampling(data_cfg)
     if pset is None:
         return _window_frames(split, data_cfg), False
-    windowed = [v for v in range(split.num_videos) if split.window_of(v) is not None]
-    if windowed:
-        v = windowed[0]
-        raise UserError(
-            f"split {split.name} samples time windows ({len(windowed)} of its "
-            f"{split.num_videos} entries, e.g. {split.video_ids[v]}: "
-            f"{split.window_of(v)[0]}-{split.window_of(v)[1]} s), but {pset.root} holds clips "
-            f"pre-sampled from whole videos, whose frames are other frames. Point "
-            f"data.features_path (JSON Lines: data.data_path) at the raw or prepared (not "
-            f"--presample) clips.")
     r = pset.sampling.image_resolution
-    out = []
-    for vid, path, info in zip(split.video_ids, split.video_paths, split.video_info):
+    out, cut = [], []
+    for v, (vid, path, info) in enumerate(zip(split.video_ids, split.video_paths,
+                                              split.video_info)):
         rec = pset.videos.get(_record_key(path, pset.root), pset.videos.get(vid))
+        if rec is not None and not _window_is_whole(pset.sampling, rec, split.window_of(v)):
+            cut.append(v)
         why = None
         if rec is None:
             why = f"not in the pre-sampled record {sidecar_path(pset.root)}"
@@ -223,4 +216,28 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
             out.append(np.zeros(0, dtype=np.int64))
         else:
             out.append(np.arange(info.frames, dtype=np.int64))
+    if cut:
+        v, (start, end) = cut[0], split.window_of(cut[0])
+        raise UserError(
+            f"split {split.name}: {len(cut)} of its {split.num_videos} entries sample a time "
+            f"window that is not the whole video (e.g. {split.video_ids[v]}: {start}-{end} s), "
+            f"but {pset.root} holds clips pre-sampled from whole videos, so other frames. Point "
+            f"data.features_path (JSON Lines: data.data_path) at the raw or prepared (not "
+            f"--presample) clips.")
     return out, True
+
+
+def _window_is_whole(sampling: Sampling, rec: dict, window) -> bool:
+    """Whether ``window`` samples the same frames of the record's source video as the whole
+    video does (a paragraph set's 0-31 s on a shorter video): then its pre-sampled clip is
+    those frames."""
+    if window is None:
+        return True
+    try:
+        frames, fps = int(rec["source_frames"]), float(rec["source_fps"])
+        whole = sampling.indices(frames, fps)
+    except (KeyError, TypeError, ValueError):
+        return False
+    inside, _ = window_frame_indices(frames, fps, sampling.feature_framerate,
+                                     sampling.max_frames, sampling.slice_framepos, window)
+    return np.array_equal(inside, whole)
