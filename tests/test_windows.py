@@ -142,3 +142,21 @@ def test_presampled_set_serves_only_windows_that_are_the_whole_video(dataset, tm
         {"video": "short.avi", "caption": "all of that", "start": 0, "end": 2.5}])
     frames, is_presampled = split_frames(load_split(cfg(whole), "train"), cfg(whole))
     assert is_presampled and len(frames) == 2  # (sizes differ from the record: warned, left out)
+
+
+def test_windows_of_a_real_clip_through_torchcodec_and_the_reference(tmp_path):
+    """A real H.264 clip (mmaction2_test.mp4, 10 s at 30 fps; DALI's CPU decoder cannot read
+    H.264): windows inside it, an empty one and one past its end."""
+    from conftest import require_realdata
+
+    src = require_realdata() / "clips" / "mmaction2_test.mp4"
+    path = write_lines(tmp_path / "real.jsonl", [
+        {"video": str(src), "caption": c, "split": "test", "start": s, "end": e}
+        for s, e, c in [(2, 5.5, "two to five"), (3, 3, "second three"), (12, 20, "after")]])
+    c = cfg(path)
+    split = load_split(c, "test")
+    assert split.video_window == [(2, 5), (3, 4), (12, 20)]
+    ref = list(ReferenceLoader(split, c, "eval", 3, num_workers=0))
+    # seconds 2..5 at 30 fps, one frame a second, cut to 4 by linspace; 3..4; the last second
+    assert [int(m.sum()) for m in ref[0]["video_mask"]] == [4, 2, 1]
+    assert_same_batches(list(TorchcodecLoader(split, c, "eval", 3)), ref)
