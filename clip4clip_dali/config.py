@@ -35,8 +35,11 @@ class SyntheticConfig:
 class DataConfig:
     # Layout on disk (README: Datasets): msvd (split lists + raw-captions.pkl in data_path),
     # msrvtt (MSRVTT_data.json + CSVs in data_path), jsonl (data_path: a .jsonl or .csv file,
-    # one line per caption, video paths relative to it; features_path unused).
-    dataset: Literal["msvd", "msrvtt", "jsonl", "shards"] = "msvd"
+    # one line per caption, video paths relative to it; features_path unused); didemo,
+    # activitynet, lsmdc (the original's annotation files in data_path); shards (data_path: a
+    # shard set's manifest.json, written by pipelines/make_shards.py).
+    dataset: Literal["msvd", "msrvtt", "jsonl", "didemo", "activitynet", "lsmdc",
+                     "shards"] = "msvd"
     data_path: str = "data/msvd"  # split lists + raw-captions.pkl
     features_path: str = "data/msvd/videos"  # video root (any extension, walked recursively)
     max_words: int = 32

@@ -71,6 +71,17 @@ def _gather_videos(idx, feats, masks, n_videos, max_frames, device, dim_hint):
     return idx[order], feats[order], masks[order]
 
 
+def window_counts(split, present) -> dict:
+    """For a split with time windows, {"moments": windowed entries, "video_files": files}
+    among the evaluated entries ``present`` ("videos" counts the entries, the retrieval
+    targets); {} otherwise."""
+    windows = getattr(split, "video_window", None)
+    if windows is None:
+        return {}
+    return {"moments": int(sum(windows[int(v)] is not None for v in present)),
+            "video_files": len({split.video_paths[int(v)] for v in present})}
+
+
 @torch.no_grad()
 def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
                    tokenizer=None) -> dict:
@@ -137,6 +148,7 @@ def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
         results["dsl"] = dsl_metrics(sim, cap_video)
     results["videos"] = int(len(present))
     results["captions"] = int(len(captions))
+    results.update(window_counts(split, present))
     results["seconds"] = round(time.perf_counter() - t0, 3)
     return results
 
@@ -146,8 +158,11 @@ def print_results(results: dict, split: str, console=None) -> None:
 
     table = format_table({k: v for k, v in results.items() if k in ("plain", "dsl")},
                          title=split)
-    table.caption = (f"{results['captions']} captions, {results['videos']} videos, "
-                     f"{results['seconds']:.1f} s")
+    targets = f"{results['videos']} videos"
+    if "moments" in results:
+        targets = (f"{results['videos']} entries ({results['moments']} time windows) from "
+                   f"{results['video_files']} video files")
+    table.caption = f"{results['captions']} captions, {targets}, {results['seconds']:.1f} s"
     (console or Console()).print(table)
 
 

@@ -4,8 +4,9 @@
     python pipelines/prepare_msvd.py --src data/msvd/YouTubeClips --out data/msvd/videos_vp9 \\
         [--short-side 224] [--fps 3] [--codec vp9|h264|mjpeg] [--gop 0] [--crf 30] [--workers N]
     python pipelines/prepare_msvd.py --config configs/msrvtt_meanP.yaml --out data/msrvtt/videos_vp9
-        (the videos of any dataset a config describes: MSVD, MSR-VTT or JSONL; for JSONL it also
-        writes <out>/<name>.jsonl pointing at the copies, with the same ids and splits)
+        (the videos of any dataset a config describes: MSVD, MSR-VTT, JSONL, DiDeMo,
+        ActivityNet, LSMDC; for JSONL it also writes <out>/<name>.jsonl pointing at the
+        copies, with the same ids and splits)
 
 What it does to each video (found under --src by ``msvd.find_videos``, any container):
 - scales the short side to --short-side (aspect kept, portrait too; never upscales; even sizes),
@@ -390,7 +391,7 @@ def main(argv: list[str] | None = None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--src", help="folder of raw videos (searched recursively)")
     p.add_argument("--config", help="a training config: without --src, its dataset's videos "
-                   "(data.dataset msvd, msrvtt or jsonl; every split); with --presample, the "
+                   "(data.dataset msvd, msrvtt, jsonl, didemo, activitynet or lsmdc; every split); with --presample, the "
                    "sampling keys (data.feature_framerate, max_frames, slice_framepos, "
                    "image_resolution)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

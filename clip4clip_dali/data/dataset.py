@@ -4,6 +4,7 @@ layout on disk. ``data.dataset`` picks the reader:
 - ``msvd``: CLIP4Clip's MSVD layout (``msvd.py``): split lists + ``raw-captions.pkl``;
 - ``msrvtt``: CLIP4Clip's MSR-VTT layout (``msrvtt.py``): ``MSRVTT_data.json`` + split CSVs;
 - ``jsonl``: one line per caption, for a team's own clips (``jsonl.py``; CSV too);
+- ``didemo``, ``activitynet``, ``lsmdc``: the original's other layouts (``didemo.py``...);
 - ``shards``: tar shards of pre-sampled clips (``shards.py``; ``pipelines/make_shards.py``).
 
 Loaders, the frame cache, evaluation, preparation and the benchmark read only the split.
@@ -19,7 +20,8 @@ from .split import DatasetError, SplitListing, VideoTextSplit  # noqa: F401  (th
 if TYPE_CHECKING:
     from ..config import DataConfig
 
-READERS = {"msvd": "msvd", "msrvtt": "msrvtt", "jsonl": "jsonl", "shards": "shards"}
+READERS = {"msvd": "msvd", "msrvtt": "msrvtt", "jsonl": "jsonl", "didemo": "didemo",
+           "activitynet": "activitynet", "lsmdc": "lsmdc", "shards": "shards"}
 
 
 def reader(data_cfg: "DataConfig"):

@@ -6,7 +6,10 @@
 too). ``caption``: one caption; a video has as many lines as captions. ``split`` (optional):
 any name (``train``, ``val``, ``test`` are what the configs read); videos without one are split
 by video, seeded (``data.jsonl_val_fraction``, ``jsonl_test_fraction``, ``jsonl_split_seed``).
-``video_id`` (optional): the video's name in results (default: ``video`` as written). A CSV has
+``video_id`` (optional): the video's name in results (default: ``video`` as written).
+``start`` and ``end`` (optional, together): the caption's moment in the video, in seconds
+(numbers; sampled in whole seconds by the original's rules, ``sampling.normalise_window``);
+each (video, moment) is then its own entry in training and evaluation. A CSV has
 the same names as header columns. ``data.data_path`` is the file; training reads one sample per
 (video, caption).
 
@@ -14,14 +17,15 @@ The whole file is checked up front and the problems come in one report (counts a
 lines of each). Refused (nothing is read until they are fixed): lines that are not a JSON
 object, unknown keys (a misspelt key would silently lose data), a missing ``video`` or
 ``caption`` key, non-text values, a video in two splits, one ``video_id`` for two files or two
-for one file. Skipped with a warning: empty captions, duplicate lines (same video and caption;
-the first is kept), videos whose file is missing (as MSVD's reader skips them); videos that
-cannot be decoded are skipped when the split is loaded.
+for one file, a bad ``start``/``end``. Skipped with a warning: empty captions, duplicate lines
+(same video, caption and moment; the first is kept), videos whose file is missing (as MSVD's
+reader skips them); videos that cannot be decoded are skipped when the split is loaded.
 """
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -30,6 +34,7 @@ from typing import TYPE_CHECKING, Optional
 
 import numpy as np
 
+from .sampling import normalise_window
 from .split import (DatasetError, SplitListing, VideoTextSplit, clean_caption,
                     default_manifest_path, load_listing)
 from .tables import loads, read_csv, read_text, text_problem
@@ -39,7 +44,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("clip4clip_dali")
 
-KEYS = ("video", "caption", "split", "video_id")
+KEYS = ("video", "caption", "split", "video_id", "start", "end")
+TIMES = ("start", "end")
 REQUIRED = ("video", "caption")
 EXAMPLES = 3
 
@@ -49,11 +55,13 @@ PROBLEMS = {
     "unknown_keys": (True, f"line(s) with unknown keys (allowed: {', '.join(KEYS)})"),
     "missing_key": (True, "line(s) without a 'video' or 'caption'"),
     "not_text": (True, "line(s) with a value that is not text"),
+    "bad_time": (True, "line(s) with a start/end that is not a time in seconds (both, numbers "
+                       "from 0, start <= end)"),
     "two_splits": (True, "video(s) in two splits (one video must stay in one split)"),
     "id_two_files": (True, "video_id(s) naming two different files"),
     "file_two_ids": (True, "file(s) given two different video_ids"),
     "empty_caption": (False, "line(s) with an empty caption: skipped"),
-    "duplicate": (False, "duplicate line(s) (same video and caption): the first kept"),
+    "duplicate": (False, "duplicate line(s) (same video, caption and moment): the first kept"),
     "missing_file": (False, "video(s) whose file is missing: their lines skipped"),
 }
 
@@ -65,6 +73,7 @@ class Line:
     caption: str
     split: Optional[str]
     video_id: Optional[str]
+    window: Optional[tuple[int, int]] = None
 
 
 @dataclass
@@ -90,6 +99,40 @@ class Report:
                 rows.append(f"  {'REFUSED' if refuse else 'skipped'}: {self.counts[kind]} "
                             f"{what} -- e.g. {'; '.join(self.examples[kind])}")
         return "\n".join(rows)
+
+
+def _seconds(value) -> Optional[float]:
+    """A time in seconds from a JSON number or a CSV cell; None when it is not one."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return None
+    if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+        return None
+    return float(value)
+
+
+def _window(raw: dict, number: int, report: Report) -> tuple[bool, Optional[tuple[int, int]]]:
+    """(ok, the line's window or None); a bad start/end goes to ``report``."""
+    given = {k: raw.get(k) for k in TIMES if raw.get(k) is not None}
+    if not given:
+        return True, None
+    times = {k: _seconds(v) for k, v in given.items()}
+    why = None
+    if len(given) == 1:
+        why = f"{next(iter(given))} without {'end' if 'start' in given else 'start'}"
+    elif None in times.values():
+        k = next(k for k, t in times.items() if t is None)
+        why = f"{k} is {given[k]!r:.40}, not a number of seconds from 0"
+    elif times["end"] < times["start"]:
+        why = f"end {times['end']:g} s is before start {times['start']:g} s"
+    if why is not None:
+        report.add("bad_time", f"line {number}: {why}")
+        return False, None
+    return True, normalise_window(times["start"], times["end"])
 
 
 def _value(raw: dict, key: str, number: int, report: Report) -> Optional[str]:
@@ -118,12 +161,16 @@ def parse_records(path: Path, records, report: Report) -> list[Line]:
             report.add("missing_key", f"line {number}: keys {', '.join(sorted(raw)) or 'none'}")
             continue
         before = report.counts.get("not_text", 0)
-        vals = {k: _value(raw, k, number, report) for k in KEYS}
+        vals = {k: _value(raw, k, number, report) for k in KEYS if k not in TIMES}
         if report.counts.get("not_text", 0) > before:
+            continue
+        ok, window = _window(raw, number, report)
+        if not ok:
             continue
         lines.append(Line(number, vals["video"], clean_caption(vals["caption"]),
                           vals["split"].strip() or None if vals["split"] else None,
-                          vals["video_id"].strip() or None if vals["video_id"] else None))
+                          vals["video_id"].strip() or None if vals["video_id"] else None,
+                          window))
     return lines
 
 
@@ -163,6 +210,7 @@ class Catalog:
     found: dict[str, Path]
     captions: dict[str, list[str]]
     split_of: dict[str, str]
+    windows: dict[str, list] = field(default_factory=dict)  # per caption; empty: none timed
 
     def splits(self) -> list[str]:
         return list(dict.fromkeys(self.split_of[v] for v in self.order))
@@ -191,6 +239,7 @@ def validate(path: Path, lines: list[Line], report: Report, data_cfg: "DataConfi
     id_of_file: dict[str, str] = {}
     order: list[str] = []
     captions: dict[str, list[str]] = defaultdict(list)
+    windows: dict[str, list] = defaultdict(list)
     splits: dict[str, dict[str, int]] = defaultdict(dict)  # id -> split -> first line
     seen: set[tuple[str, str]] = set()
     for ln in lines:
@@ -213,11 +262,12 @@ def validate(path: Path, lines: list[Line], report: Report, data_cfg: "DataConfi
         if not ln.caption:
             report.add("empty_caption", f"line {ln.number}")
             continue
-        if (vid, ln.caption) in seen:
+        if (vid, ln.caption, ln.window) in seen:
             report.add("duplicate", f"line {ln.number}")
             continue
-        seen.add((vid, ln.caption))
+        seen.add((vid, ln.caption, ln.window))
         captions[vid].append(ln.caption)
+        windows[vid].append(ln.window)
     for vid, where in splits.items():
         if len(where) > 1:
             report.add("two_splits", f"{vid!r}: " + ", ".join(
@@ -230,7 +280,9 @@ def validate(path: Path, lines: list[Line], report: Report, data_cfg: "DataConfi
             found[vid] = files[vid]
         else:
             report.add("missing_file", f"{files[vid]}")
-    return Catalog(path, order, files, found, dict(captions), split_of)
+    timed = any(w is not None for ws in windows.values() for w in ws)
+    return Catalog(path, order, files, found, dict(captions), split_of,
+                   dict(windows) if timed else {})
 
 
 _CACHE: dict[tuple, Catalog] = {}
@@ -286,7 +338,8 @@ def list_split(data_cfg: "DataConfig", split: str) -> SplitListing:
     return SplitListing(split, listed, {v: cat.found[v] for v in listed if v in cat.found},
                         {v: cat.captions.get(v, []) for v in listed},
                         default_manifest_path(cat.path.parent),
-                        f"(paths relative to {cat.path.parent})", str(cat.path))
+                        f"(paths relative to {cat.path.parent})", str(cat.path),
+                        windows={v: cat.windows[v] for v in listed if v in cat.windows})
 
 
 def load_split(data_cfg: "DataConfig", split: str, probe: bool = True) -> VideoTextSplit:
@@ -312,10 +365,13 @@ def write_prepared(data_cfg: "DataConfig", out_dir: str | Path,
         if vid not in outputs:
             continue
         rel = Path(os.path.relpath(os.path.abspath(outputs[vid]), os.path.abspath(out_dir)))
-        for cap in cat.captions.get(vid, []):
-            lines.append(json.dumps({"video": rel.as_posix(), "caption": cap,
-                                     "split": cat.split_of[vid], "video_id": vid},
-                                    ensure_ascii=False) + "\n")
+        caps = cat.captions.get(vid, [])
+        for cap, window in zip(caps, cat.windows.get(vid) or [None] * len(caps)):
+            rec = {"video": rel.as_posix(), "caption": cap, "split": cat.split_of[vid],
+                   "video_id": vid}
+            if window is not None:  # whole seconds: normalise_window gives them back as is
+                rec["start"], rec["end"] = window
+            lines.append(json.dumps(rec, ensure_ascii=False) + "\n")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(lines), encoding="utf-8")
     os.replace(tmp, path)

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Optional
 import numpy as np
 
 from ..errors import UserError
-from .sampling import clip_frame_indices, frame_indices
+from .sampling import frame_indices, window_frame_indices
 
 if TYPE_CHECKING:
     from ..config import DataConfig
@@ -177,6 +177,18 @@ def _record_key(path, root: Path) -> str:
     return rel.with_suffix("").as_posix()
 
 
+def _window_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> list[np.ndarray]:
+    out = []
+    for v, info in enumerate(split.video_info):
+        idx, note = window_frame_indices(info.frames, info.fps, data_cfg.feature_framerate,
+                                         data_cfg.max_frames, data_cfg.slice_framepos,
+                                         split.window_of(v))
+        if note is not None:
+            log.warning("%s (%s): %s", split.video_ids[v], split.video_paths[v], note)
+        out.append(idx)
+    return out
+
+
 def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.ndarray], bool]:
     """(indices of the frames each video of ``split`` contributes, whether the set is
     pre-sampled). For a pre-sampled set that is every frame of the file; a file that does not
@@ -186,11 +198,14 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
         return [np.arange(info.frames, dtype=np.int64) for info in split.video_info], True
     pset = check_sampling(data_cfg)
     if pset is None:
-        return [clip_frame_indices(info, data_cfg) for info in split.video_info], False
+        return _window_frames(split, data_cfg), False
     r = pset.sampling.image_resolution
-    out = []
-    for vid, path, info in zip(split.video_ids, split.video_paths, split.video_info):
+    out, cut = [], []
+    for v, (vid, path, info) in enumerate(zip(split.video_ids, split.video_paths,
+                                              split.video_info)):
         rec = pset.videos.get(_record_key(path, pset.root), pset.videos.get(vid))
+        if rec is not None and not _window_is_whole(pset.sampling, rec, split.window_of(v)):
+            cut.append(v)
         why = None
         if rec is None:
             why = f"not in the pre-sampled record {sidecar_path(pset.root)}"
@@ -203,4 +218,28 @@ def split_frames(split: "MSVDSplit", data_cfg: "DataConfig") -> tuple[list[np.nd
             out.append(np.zeros(0, dtype=np.int64))
         else:
             out.append(np.arange(info.frames, dtype=np.int64))
+    if cut:
+        v, (start, end) = cut[0], split.window_of(cut[0])
+        raise UserError(
+            f"split {split.name}: {len(cut)} of its {split.num_videos} entries sample a time "
+            f"window that is not the whole video (e.g. {split.video_ids[v]}: {start}-{end} s), "
+            f"but {pset.root} holds clips pre-sampled from whole videos, so other frames. Point "
+            f"data.features_path (JSON Lines: data.data_path) at the raw or prepared (not "
+            f"--presample) clips.")
     return out, True
+
+
+def _window_is_whole(sampling: Sampling, rec: dict, window) -> bool:
+    """Whether ``window`` samples the same frames of the record's source video as the whole
+    video does (a paragraph set's 0-31 s on a shorter video): then its pre-sampled clip is
+    those frames."""
+    if window is None:
+        return True
+    try:
+        frames, fps = int(rec["source_frames"]), float(rec["source_fps"])
+        whole = sampling.indices(frames, fps)
+    except (KeyError, TypeError, ValueError):
+        return False
+    inside, _ = window_frame_indices(frames, fps, sampling.feature_framerate,
+                                     sampling.max_frames, sampling.slice_framepos, window)
+    return np.array_equal(inside, whole)

@@ -37,7 +37,11 @@ class VideoTextSplit:
     """One split, ready for a loader.
 
     ``captions[j]`` belongs to video ``caption_video[j]``. Evaluation reads each video once and
-    every caption. Training reads one sample per (video, caption) pair, or, with
+    every caption. A "video" here is a (file, time window) pair: ``video_window[v]`` is its
+    window in whole seconds (``sampling.normalise_window``) or None for the whole file, and a
+    file whose captions name several windows is one entry per window (``video_paths`` repeats),
+    as the original encodes each (video, window) pair on its own; ``video_window`` is None when
+    no entry has a window. Training reads one sample per (video, caption) pair, or, with
     ``caption_per_epoch``, one sample per video with one of its captions drawn each epoch
     (``sharding.epoch_captions``, the one place that maps a training sample to its caption).
     """
@@ -49,6 +53,14 @@ class VideoTextSplit:
     captions: list[str]
     caption_video: np.ndarray  # int64, index into video_ids
     caption_per_epoch: bool = False
+    video_window: Optional[list[Optional[tuple[int, int]]]] = None
+
+    def window_of(self, v: int) -> Optional[tuple[int, int]]:
+        return None if self.video_window is None else self.video_window[v]
+
+    @property
+    def num_files(self) -> int:
+        return len(set(self.video_paths))
 
     def __len__(self) -> int:
         return len(self.captions)
@@ -154,6 +166,9 @@ class SplitListing:
     caption_source: str
     caption_per_epoch: bool = False
     notes: list[str] = field(default_factory=list)  # reader remarks, for the stats command
+    # Per listed id, one time window (or None) per caption, parallel to ``captions``; empty
+    # when no caption has a window.
+    windows: dict[str, list[Optional[tuple[int, int]]]] = field(default_factory=dict)
 
     @property
     def no_video(self) -> list[str]:
@@ -190,9 +205,11 @@ def manifest_path(data_cfg: "DataConfig", default: Path) -> Path:
 
 def build_split(name: str, ids: list[str], videos: dict[str, Path],
                 captions: dict[str, list[str]], data_cfg: "DataConfig", default_manifest: Path,
-                probe: bool = True, caption_per_epoch: bool = False) -> VideoTextSplit:
+                probe: bool = True, caption_per_epoch: bool = False,
+                windows: Optional[dict] = None) -> VideoTextSplit:
     """The split of ``ids`` (each with a file and captions): videos probed once (cached in the
-    manifest) and the unreadable ones dropped with a warning; an error when none is left."""
+    manifest) and the unreadable ones dropped with a warning; an error when none is left.
+    ``windows`` (id -> one window or None per caption) makes one entry per (id, window)."""
     infos: list = [None] * len(ids)
     if probe:
         from .manifest import load_manifest
@@ -207,12 +224,39 @@ def build_split(name: str, ids: list[str], videos: dict[str, Path],
             raise DatasetError(f"split {name}: every video is unreadable (e.g. "
                                f"{videos[broken[0]]}: {manifest[broken[0]].error}).")
         infos = [manifest[v] for v in ids]
+    if windows:
+        return _windowed_split(name, ids, videos, captions, infos, windows, caption_per_epoch)
     caps, owner = [], []
     for i, v in enumerate(ids):
         caps.extend(captions[v])
         owner.extend([i] * len(captions[v]))
     return VideoTextSplit(name, ids, [videos[v] for v in ids], infos, caps,
                           np.asarray(owner, dtype=np.int64), caption_per_epoch)
+
+
+def entry_id(vid: str, window: Optional[tuple[int, int]], only: bool) -> str:
+    """A (video, window) entry's name: the video id when it is the video's only entry (a
+    paragraph set's one window), else ``id@start-end``."""
+    return vid if only or window is None else f"{vid}@{window[0]}-{window[1]}"
+
+
+def _windowed_split(name, ids, videos, captions, infos, windows, caption_per_epoch):
+    entry_ids, paths, entry_infos, entry_windows = [], [], [], []
+    caps, owner = [], []
+    for v, info in zip(ids, infos):
+        wins = windows.get(v) or [None] * len(captions[v])
+        distinct = list(dict.fromkeys(wins))
+        first = len(entry_ids)
+        for w in distinct:
+            entry_ids.append(entry_id(v, w, len(distinct) == 1))
+            paths.append(videos[v])
+            entry_infos.append(info)
+            entry_windows.append(w)
+        for text, w in zip(captions[v], wins):
+            caps.append(text)
+            owner.append(first + distinct.index(w))
+    return VideoTextSplit(name, entry_ids, paths, entry_infos, caps,
+                          np.asarray(owner, dtype=np.int64), caption_per_epoch, entry_windows)
 
 
 def load_listing(listing: SplitListing, data_cfg: "DataConfig",
@@ -224,7 +268,7 @@ def load_listing(listing: SplitListing, data_cfg: "DataConfig",
                            f"videos has both captions ({listing.caption_source}) and a video "
                            f"file ({listing.video_source}).")
     return build_split(listing.name, listing.usable, listing.videos, listing.captions, data_cfg,
-                       listing.manifest, probe, listing.caption_per_epoch)
+                       listing.manifest, probe, listing.caption_per_epoch, listing.windows)
 
 
 def clean_caption(text: Optional[str]) -> str:

@@ -1,4 +1,5 @@
-"""Per-split statistics of any dataset a config describes (MSVD, MSR-VTT, JSONL/CSV).
+"""Per-split statistics of any dataset a config describes (MSVD, MSR-VTT, JSONL/CSV, DiDeMo,
+ActivityNet, LSMDC).
 
     python -m clip4clip_dali.data.stats --config configs/msrvtt_meanP.yaml [--set k=v] [--json]
 
@@ -42,6 +43,8 @@ def split_stats(listing: SplitListing, data_cfg: "DataConfig", probe: bool = Tru
         "pairs": pairs,
         "train_samples_per_epoch": len(usable) if listing.caption_per_epoch else pairs,
     }
+    if listing.windows:  # each (video, window) is an entry of its own
+        out["entries"] = sum(len(set(listing.windows.get(v) or [None])) for v in usable)
     if not probe:
         return out
     from .manifest import load_manifest
@@ -82,6 +85,9 @@ def format_stats(stats: dict, data_cfg: "DataConfig") -> str:
         if s["train_samples_per_epoch"] != s["pairs"]:
             lines.append(f"  trained on: {s['train_samples_per_epoch']} samples per epoch (one "
                          f"per video, a caption drawn each epoch)")
+        if "entries" in s:
+            lines.append(f"  {s['entries']} (video, time window) entries: each sampled "
+                         f"and retrieved on its own")
         if s["missing_examples"]:
             lines.append(f"  missing: {', '.join(s['missing_examples'])}")
         if s["videos_without_captions"]:
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     p = argparse.ArgumentParser(prog="python -m clip4clip_dali.data.stats",
                                 description="Per-split statistics of the dataset a config "
-                                            "describes (data.dataset: msvd, msrvtt or jsonl).")
+                                            "describes (data.dataset: msvd, msrvtt, jsonl, didemo, "
+                                            "activitynet or lsmdc).")
     p.add_argument("--config", required=True, help="YAML config (its data section is read)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.data_path=clips.jsonl")

@@ -131,3 +131,12 @@ def require_text(value, path: Path, where: str, key: str) -> str:
         raise DatasetError(f"{path}, {where}: {key} is {why}, not text; write it as a string "
                            f"(in quotes), or remove the entry.")
     return value
+
+
+def read_json(path: Path, what: str, fix: str):
+    """The JSON document in ``path`` (the rules above); a DatasetError naming the file and
+    ``fix`` when it is not JSON."""
+    try:
+        return loads(read_text(Path(path), what))
+    except ValueError as e:
+        raise DatasetError(f"{path} is not readable JSON ({e}); {fix}") from None
