@@ -25,7 +25,7 @@ def captions_of(clips: Path) -> dict[str, list[str]]:
 
 def build(out: Path, checkpoint: Path, videos: Path, **kw) -> dict:
     """The index CLI's work, in this process."""
-    from clip4clip_dali.indexer import build_index, folder_candidates
+    from clip4clip_dali.archive.indexer import build_index, folder_candidates
     from clip4clip_dali.runsetup import checkpoint_config
 
     root, candidates = folder_candidates(videos)
@@ -90,10 +90,10 @@ def test_split_index_ranks_as_the_evaluation_does(trained, clips, tmp_path):
 
     from clip4clip_dali.data.msvd import load_split
     from clip4clip_dali.distributed import DistInfo
-    from clip4clip_dali.indexer import build_index, split_candidates
+    from clip4clip_dali.archive.indexer import build_index, split_candidates
     from clip4clip_dali.retrieval import evaluate_split
     from clip4clip_dali.runsetup import checkpoint_config, model_from_checkpoint
-    from clip4clip_dali.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.video_index import Searcher, VideoIndex
 
     cfg = checkpoint_config(trained)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, loader="reference"))
@@ -113,8 +113,8 @@ def test_split_index_ranks_as_the_evaluation_does(trained, clips, tmp_path):
 
 def test_reindex_encodes_only_added_and_changed_and_resumes(trained, clips, tmp_path,
                                                             monkeypatch):
-    from clip4clip_dali import indexer
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive import indexer
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     src = sorted((clips / "videos").glob("*.webm"))
     videos = tmp_path / "videos"
@@ -163,7 +163,7 @@ def test_reindex_encodes_only_added_and_changed_and_resumes(trained, clips, tmp_
 
 
 def test_another_model_is_refused(trained, folder_index, clips, tmp_path):
-    from clip4clip_dali.video_index import VideoIndex, VideoIndexError
+    from clip4clip_dali.archive.video_index import VideoIndex, VideoIndexError
 
     other = save_untrained(tmp_path / "other.pt")
     p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(other),
@@ -236,7 +236,7 @@ def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
 def test_tight_transf_ranks_with_the_cross_encoder(clips, tmp_path, clip4clip_log):
     from clip4clip_dali.api import load_model
     from clip4clip_dali.errors import UserError
-    from clip4clip_dali.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.video_index import Searcher, VideoIndex
 
     ckpt = save_untrained(tmp_path / "tight.pt", sim_header="tightTransf")
     out = tmp_path / "index"
@@ -260,7 +260,7 @@ def test_tight_transf_ranks_with_the_cross_encoder(clips, tmp_path, clip4clip_lo
 def test_load_model_api(trained, folder_index, clips):
     from clip4clip_dali.api import load_model
     from clip4clip_dali.errors import UserError
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     model = load_model(trained)
     assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -281,7 +281,7 @@ def test_load_model_api(trained, folder_index, clips):
 
 
 def test_index_under_torchrun_two_ranks(trained, folder_index, clips, tmp_path):
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     out = tmp_path / "index2"
     p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
@@ -300,9 +300,9 @@ def test_index_and_search_on_the_gpu_match_the_cpu(clips, tmp_path):
     """On a GPU the model runs there and DALI decodes with NVDEC what it can (the small VP9
     clips below NVDEC's minimum go to the reference loader): the vectors match the CPU's."""
     from clip4clip_dali import distributed as D
-    from clip4clip_dali.indexer import build_index, folder_candidates
+    from clip4clip_dali.archive.indexer import build_index, folder_candidates
     from clip4clip_dali.runsetup import checkpoint_config
-    from clip4clip_dali.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.video_index import Searcher, VideoIndex
 
     ckpt = save_untrained(tmp_path / "m.pt")
     cfg = checkpoint_config(ckpt)

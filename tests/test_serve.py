@@ -83,7 +83,7 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_files_only_from_the_collection_and_clear_errors(server, folder_index):
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     url, port, _ = server
     if Path("/proc/net/tcp").exists():

@@ -30,8 +30,8 @@ from typing import Sequence
 
 import torch
 
-from .config import Config, from_dict
-from .errors import UserError
+from ..config import Config, from_dict
+from ..errors import UserError
 
 log = logging.getLogger("clip4clip_dali")
 

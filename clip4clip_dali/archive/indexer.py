@@ -24,9 +24,9 @@ from typing import Sequence
 
 import torch
 
-from . import distributed as D
-from .config import Config
-from .errors import UserError
+from .. import distributed as D
+from ..config import Config
+from ..errors import UserError
 from .video_index import (CONFIG_FILE, FORMAT, INDEX_FILE, PARTS, THUMBS, FailedVideo,
                           VideoIndex, VideoIndexError, VideoRecord, atomic_write_text,
                           describe, load_tensors, model_identity, save_tensors, write_index)
@@ -51,7 +51,7 @@ def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
     """Every video file under ``videos`` (any container FFmpeg knows by its extension, any
     sub-folder). The id is the path without its extension (with it when two files differ only
     by extension)."""
-    from .data.msvd import VIDEO_EXTENSIONS
+    from ..data.msvd import VIDEO_EXTENSIONS
 
     root = Path(videos).resolve()
     if not root.is_dir():
@@ -75,7 +75,7 @@ def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
 def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
     """The videos of a split of the config's dataset (any layout), relative to the deepest
     folder that holds them all (a JSONL file's videos need not lie under data.features_path)."""
-    from .data.dataset import load_split
+    from ..data.dataset import load_split
 
     s = load_split(cfg.data, split, probe=False)
     paths = [Path(p).resolve() for p in s.video_paths]
@@ -256,7 +256,7 @@ def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path
     """Index ``candidates`` (files under ``root``) into ``out`` with the checkpoint's model.
     Every rank calls it. Returns a summary (videos, encoded, kept, removed, failed, seconds)."""
     from .api import VideoTextModel
-    from .runsetup import model_from_checkpoint
+    from ..runsetup import model_from_checkpoint
 
     info = info or D.DistInfo()
     t0 = time.perf_counter()
