@@ -21,7 +21,7 @@ def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) 
     from .data.dataset import load_split
     from .archive.indexer import build_index, split_candidates
     from .runsetup import checkpoint_config
-    from .archive.video_index import Searcher
+    from .archive.searcher import Searcher
 
     out = Path(cfg.train.output_dir)
     checkpoint = out / "best.pt" if (out / "best.pt").is_file() else out / "latest.pt"

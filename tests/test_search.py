@@ -14,7 +14,7 @@ from search_fixtures import check, run_module, save_untrained  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
 
-HIT_KEYS = {"rank", "score", "id", "path", "row", "duration"}
+HIT_KEYS = {"rank", "score", "id", "path", "rid", "duration"}
 
 
 def captions_of(clips: Path) -> dict[str, list[str]]:
@@ -54,7 +54,8 @@ def test_round_trip_finds_the_captioned_video(folder_index, clips, tmp_path):
                    str(qfile), "--top-k", "5", "--json")
     check(p)
     doc = json.loads(p.stdout)
-    assert set(doc) == {"index", "model", "score", "results"}
+    assert set(doc) == {"index", "model", "score", "method", "results"}
+    assert doc["method"] == "exact"  # 12 videos: auto keeps exact search
     assert set(doc["model"]) == {"checkpoint", "sim_header"} and doc["score"] == "cosine"
     assert [r["query"] for r in doc["results"]] == [c for c, _ in queries]
     top1 = 0
@@ -93,7 +94,8 @@ def test_split_index_ranks_as_the_evaluation_does(trained, clips, tmp_path):
     from clip4clip_dali.archive.indexer import build_index, split_candidates
     from clip4clip_dali.retrieval import evaluate_split
     from clip4clip_dali.runsetup import checkpoint_config, model_from_checkpoint
-    from clip4clip_dali.archive.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     cfg = checkpoint_config(trained)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, loader="reference"))
@@ -198,6 +200,7 @@ def test_cli_refusals_are_one_clear_line(trained, tmp_path):
 
 
 def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
+    from clip4clip_dali.archive.video_index import VideoIndex
     from clip4clip_dali.errors import UserError
 
     videos = tmp_path / "videos"
@@ -211,10 +214,10 @@ def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
     out = tmp_path / "index"
     s = build(out, trained, videos)
     assert s["videos"] == 2 and len(s["failed"]) == 3
-    meta = json.loads((out / "index.json").read_text())
-    assert sorted(r["path"] for r in meta["videos"]) == sorted(f.name for f in good)
-    assert sorted(f["path"] for f in meta["failed"]) == ["cut.webm", "empty.webm", "garbage.mp4"]
-    assert all(f["error"] for f in meta["failed"])
+    index = VideoIndex(out)
+    assert sorted(r.path for r in index.records) == sorted(f.name for f in good)
+    assert sorted(f.path for f in index.failed) == ["cut.webm", "empty.webm", "garbage.mp4"]
+    assert all(f.error for f in index.failed)
     # known unreadable files are not tried again unless they change (or retry_failed)
     s = build(out, trained, videos)
     assert s["encoded"] == 0 and len(s["failed"]) == 3
@@ -236,7 +239,8 @@ def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
 def test_tight_transf_ranks_with_the_cross_encoder(clips, tmp_path, clip4clip_log):
     from clip4clip_dali.api import load_model
     from clip4clip_dali.errors import UserError
-    from clip4clip_dali.archive.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     ckpt = save_untrained(tmp_path / "tight.pt", sim_header="tightTransf")
     out = tmp_path / "index"
@@ -302,7 +306,8 @@ def test_index_and_search_on_the_gpu_match_the_cpu(clips, tmp_path):
     from clip4clip_dali import distributed as D
     from clip4clip_dali.archive.indexer import build_index, folder_candidates
     from clip4clip_dali.runsetup import checkpoint_config
-    from clip4clip_dali.archive.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     ckpt = save_untrained(tmp_path / "m.pt")
     cfg = checkpoint_config(ckpt)
@@ -315,6 +320,6 @@ def test_index_and_search_on_the_gpu_match_the_cpu(clips, tmp_path):
     assert [r.path for r in cpu.records] == [r.path for r in gpu.records]
     assert (a * b).sum(1).min() > 0.99
     searcher = Searcher.open(tmp_path / "gpu", device="cuda")
-    assert searcher.embeddings.device.type == "cuda"
+    assert searcher.model.device.type == "cuda"
     hits = searcher.search(["a red circle moves to the left"], 5)[0]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]

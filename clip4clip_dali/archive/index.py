@@ -2,12 +2,13 @@
 
     python -m clip4clip_dali.index --checkpoint runs/demo/best.pt --videos DIR --out INDEX_DIR
     python -m clip4clip_dali.index --checkpoint CKPT [--config CFG] --split test --out INDEX_DIR
+    python -m clip4clip_dali.index --convert INDEX_DIR        # an index.json index, once
     torchrun --nproc_per_node=N -m clip4clip_dali.index ...
 
 The model, its frame sampling and resolution come from the config saved in the checkpoint
 (``--config`` for a bare state dict, and for the data paths of ``--split``). Re-running encodes
-only new and changed files; unreadable files are listed and skipped. See
-:mod:`clip4clip_dali.indexer` and :mod:`clip4clip_dali.video_index`.
+only new and changed files; unreadable files are listed and skipped. ``--ann`` picks the
+approximate index built at the end (see :mod:`.ann`). See :mod:`.indexer` and :mod:`.store`.
 """
 from __future__ import annotations
 
@@ -21,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
+from pathlib import Path
 
 from .. import distributed as D
 from ..config import Config, ConfigError, from_dict, load_config, parse_override
@@ -56,6 +58,7 @@ def run_config(checkpoint: str, config: str | None, overrides: list[str]) -> tup
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .ann import KINDS
     from .indexer import build_index, folder_candidates, split_candidates
     from ..runsetup import setup_logging
 
@@ -69,7 +72,12 @@ def main(argv: list[str] | None = None) -> int:
                                     "a checkpoint that holds no config")
     p.add_argument("--split", help="index this split of the MSVD-format dataset of the config "
                                    "(data.data_path / data.features_path)")
-    p.add_argument("--out", required=True, help="index folder (created; extended when it exists)")
+    p.add_argument("--out", help="index folder (created; extended when it exists)")
+    p.add_argument("--convert", metavar="INDEX_DIR",
+                   help="convert an index of the old format (index.json) to the store, and stop")
+    p.add_argument("--ann", choices=KINDS, default=None,
+                   help="approximate search: auto (exact below 50,000 videos, ivf above; the "
+                        "default for a new index), exact, ivf, hnsw (needs the [search] extra)")
     p.add_argument("--rebuild", action="store_true", help="start the index afresh")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again the files that failed before even if they did not change")
@@ -80,6 +88,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
     args = p.parse_args(argv)
+    if args.convert:
+        from .legacy import convert
+
+        print(f"converted {args.convert}: {convert(Path(args.convert))} videos")
+        return 0
+    if not args.out:
+        raise UserError("--out INDEX_DIR is required: the folder of the index to build or "
+                        "extend.")
+    if args.flush_every < 1:
+        raise UserError(f"--flush-every must be at least 1, got {args.flush_every}.")
     if bool(args.videos) == bool(args.split):
         raise UserError("give exactly one of --videos DIR (a folder of videos) and --split NAME "
                         "(a split of the config's dataset).")
@@ -103,7 +121,8 @@ def main(argv: list[str] | None = None) -> int:
         summary = build_index(args.out, checkpoint, cfg, root, candidates, info,
                               rebuild=args.rebuild, retry_failed=args.retry_failed,
                               flush_every=args.flush_every,
-                              show_progress=not args.no_progress, source=source)
+                              show_progress=not args.no_progress, source=source,
+                              ann_kind=args.ann)
         if info.is_main:
             if args.json:
                 print(json.dumps(summary, indent=1))
@@ -111,6 +130,10 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"index {summary['index']}: {summary['videos']} videos ({summary['encoded']} "
                       f"encoded now at {summary['videos_per_s']} videos/s, {summary['kept']} "
                       f"kept, {summary['removed']} removed), {len(summary['failed'])} unreadable")
+                a = summary["ann"]
+                print(f"  search: {a['kind']}" + (f" (recall@10 against exact search "
+                      f"{a['recall_at_10']:.3f})" if "recall_at_10" in a else "")
+                      + (f"; {a['why']}" if "why" in a else ""))
                 for f in summary["failed"]:
                     print(f"  unreadable: {f['path']}: {f['error']}")
     finally:

@@ -1,174 +1,90 @@
-"""Build or extend a video index (the format: :mod:`clip4clip_dali.video_index`).
+"""Build or extend a video index (the format: :mod:`clip4clip_dali.archive.store`).
 
 Each video is decoded with the loaders and the frame sampling of the model's config and encoded
 once. A re-run encodes only the files that are new or whose size or modification time changed,
 drops the records of files that are gone, and does not retry files that failed before unless
 they changed (``retry_failed``). Under torchrun every rank encodes its share of the work and
-writes it in parts (``INDEX_DIR/parts``, every ``flush_every`` videos); rank 0 then checks that
-it sees every rank's parts (the folder must be shared) and merges them. A run that is killed
-keeps its parts: the next run with the same model takes them and encodes only the rest.
+stages it in parts (``INDEX_DIR/parts``, every ``flush_every`` videos); rank 0 then checks that
+it sees every rank's parts (the folder must be shared) and commits them to the store as one
+new vector part and one transaction. A run that is killed keeps its staged parts: the next run
+with the same model takes them and encodes only the rest.
+
+Only one run writes a folder at a time (a lock); a folder that is not an index is refused; an
+index deletes only files it wrote and recorded.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import shutil
 import time
 import uuid
-from collections import Counter
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from .. import distributed as D
 from ..config import Config
 from ..errors import UserError
-from .video_index import (CONFIG_FILE, FORMAT, INDEX_FILE, PARTS, THUMBS, FailedVideo,
-                          VideoIndex, VideoIndexError, VideoRecord, atomic_write_text,
-                          describe, load_tensors, model_identity, save_tensors, write_index)
+from .collect import Candidate, folder_candidates, split_candidates  # noqa: F401 (re-exported)
+from .store import (CONFIG_FILE, DB_FILE, LEGACY_FILE, LOCK_FILE, PARTS, THUMBS, VECTORS,
+                    FailedVideo, Store, VideoIndexError, VideoRecord, WriterLock,
+                    atomic_write_text, row_dtype, write_part)
+from .thumbs import make_thumbnail, thumb_name
+from .video_index import VideoIndex, describe, model_identity, read_part
 
 log = logging.getLogger("clip4clip_dali")
 
-THUMB_SIZE = 192  # longest side, pixels
 
-
-@dataclass
-class Candidate:
-    """A file of the collection: its id, its path relative to the root, size and mtime."""
-
-    id: str
-    path: str
-    size: int
-    mtime_ns: int
-
-
-# ------------------------------------------------------------------------------ collections
-def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
-    """Every video file under ``videos`` (any container FFmpeg knows by its extension, any
-    sub-folder). The id is the path without its extension (with it when two files differ only
-    by extension)."""
-    from ..data.msvd import VIDEO_EXTENSIONS
-
-    root = Path(videos).resolve()
-    if not root.is_dir():
-        raise UserError(f"--videos {videos}: no such folder; pass the folder that holds the "
-                        f"videos to index.")
-    rels = []
-    for dirpath, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        for name in files:
-            if not name.startswith(".") and Path(name).suffix.lower() in VIDEO_EXTENSIONS:
-                rels.append((Path(dirpath) / name).relative_to(root).as_posix())
-    stem = {r: r.rsplit(".", 1)[0] for r in rels}
-    clashes = Counter(stem.values())
-    out = [_candidate(root, r, stem[r] if clashes[stem[r]] == 1 else r) for r in sorted(rels)]
-    if not out:
-        raise UserError(f"no video files under {root} (looked for "
-                        f"{', '.join(sorted(VIDEO_EXTENSIONS))}); nothing to index.")
-    return root, [c for c in out if c is not None]
-
-
-def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
-    """The videos of a split of the config's dataset (any layout), relative to the deepest
-    folder that holds them all (a JSONL file's videos need not lie under data.features_path)."""
-    from ..data.dataset import load_split
-
-    s = load_split(cfg.data, split, probe=False)
-    paths = [Path(p).resolve() for p in s.video_paths]
-    root = Path(os.path.commonpath([p.parent for p in paths])) if paths else \
-        Path(cfg.data.features_path).resolve()
-    out = [_candidate(root, p.relative_to(root).as_posix(), vid)
-           for vid, p in zip(s.video_ids, paths)]
-    return root, [c for c in out if c is not None]
-
-
-def _candidate(root: Path, rel: str, vid: str) -> Candidate | None:
-    try:
-        st = (root / rel).stat()
-    except OSError as e:
-        log.warning("skipping %s: %s", root / rel, e.strerror)
-        return None
-    return Candidate(vid, rel, st.st_size, st.st_mtime_ns)
-
-
-# ------------------------------------------------------------------------------ thumbnails
-def thumb_name(rel: str) -> str:
-    return hashlib.sha1(rel.encode()).hexdigest()[:16] + ".jpg"
-
-
-def make_thumbnail(src: Path, dest: Path, seconds: float) -> bool:
-    """A JPEG of the frame at ``seconds`` (the nearest keyframe before it, then decoded up to
-    it), at most THUMB_SIZE pixels on its long side. False when no frame could be read."""
-    import av
-
-    try:
-        with av.open(str(src)) as container:
-            stream = container.streams.video[0]
-            image = None
-            if seconds > 0 and stream.time_base:
-                try:
-                    container.seek(int(seconds / stream.time_base), stream=stream, backward=True)
-                except av.error.FFmpegError:
-                    container.seek(0)
-            for frame in container.decode(stream):
-                image = frame.to_image()
-                if frame.time is None or frame.time >= seconds:
-                    break
-        if image is None:
-            return False
-        image.thumbnail((THUMB_SIZE, THUMB_SIZE))
-        tmp = dest.with_name(f".{dest.name}.tmp.{os.getpid()}")
-        image.convert("RGB").save(tmp, "JPEG", quality=82)
-        os.replace(tmp, dest)
-        return True
-    except Exception as e:  # a thumbnail is a nicety: never fail the index for it
-        log.warning("no thumbnail for %s (%s)", src, e)
-        return False
-
-
-# ------------------------------------------------------------------------------ parts
-def _part_files(out: Path) -> list[Path]:
+# ------------------------------------------------------------------------------ staged parts
+def _staged(out: Path) -> list[Path]:
     d = out / PARTS
     return sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime_ns) if d.is_dir() else []
 
 
-def _write_part(out: Path, name: str, identity: dict, records: list[VideoRecord],
-                failed: list[FailedVideo], tensors: dict[str, torch.Tensor]) -> Path:
+def _stage(out: Path, name: str, identity: dict, records: list[VideoRecord],
+           failed: list[FailedVideo], rows: np.ndarray | None) -> str:
     d = out / PARTS
     d.mkdir(parents=True, exist_ok=True)
-    if records:
-        save_tensors(tensors, d / f"{name}.safetensors")
+    part = write_part(d / f"{name}.f16", rows) if rows is not None and len(rows) else None
     doc = {"model_sha256": identity["sha256"], "config_sha256": identity["config_sha256"],
-           "records": [asdict(r) for r in records], "failed": [asdict(f) for f in failed]}
+           "records": [asdict(r) for r in records], "failed": [asdict(f) for f in failed],
+           "part": part}
     atomic_write_text(d / f"{name}.json", json.dumps(doc))  # last: the part is complete
-    return d / f"{name}.json"
+    return f"{name}.json"
 
 
-def _read_parts(out: Path, identity: dict, tensors: bool = True
-                ) -> list[tuple[list[VideoRecord], list[FailedVideo], dict[str, torch.Tensor]]]:
-    """Complete parts written with this model, oldest first (their vectors unless not
-    ``tensors``); parts of another model are removed."""
-    parts = []
-    for p in _part_files(out):
+def _read_staged(out: Path, identity: dict, layout: dict | None, rows: bool = True) -> list[tuple]:
+    """Complete staged parts written with this model, oldest first: (json path, records,
+    failed, rows or None). Parts of another model, unreadable or damaged ones are dropped."""
+    found = []
+    for p in _staged(out):
         try:
             doc = json.loads(p.read_text(encoding="utf-8"))
             mine = (doc["model_sha256"] == identity["sha256"]
                     and doc["config_sha256"] == identity["config_sha256"])
-        except (OSError, ValueError, KeyError):
+            records = [VideoRecord(**r) for r in doc["records"]]
+            data = None
+            if rows and records and mine:
+                data = read_part(p.with_suffix(".f16"), doc["part"], layout, out)
+            if records and not doc["part"]:
+                raise ValueError("records without vectors")
+        except (OSError, ValueError, KeyError, TypeError, VideoIndexError):
             mine = False
         if not mine:
-            log.warning("discarding %s (another model's, or unreadable)", p)
-            p.unlink(missing_ok=True)
-            p.with_suffix(".safetensors").unlink(missing_ok=True)
+            log.warning("discarding the staged part %s (another model's, unreadable or damaged)", p)
+            _drop_staged(p)
             continue
-        records = [VideoRecord(**r) for r in doc["records"]]
-        vectors = load_tensors(p.with_suffix(".safetensors")) if records and tensors else {}
-        parts.append((records, [FailedVideo(**f) for f in doc["failed"]], vectors))
-    return parts
+        found.append((p, records, [FailedVideo(**f) for f in doc["failed"]], data))
+    return found
+
+
+def _drop_staged(p: Path) -> None:
+    p.with_suffix(".f16").unlink(missing_ok=True)
+    p.unlink(missing_ok=True)
 
 
 # ------------------------------------------------------------------------------ encoding
@@ -187,9 +103,25 @@ def _progress(enabled: bool, what: str):
                     console=Console(stderr=True))
 
 
+def layout_of(model) -> dict:
+    if model.separable:
+        return {"dim": model.embed_dim}
+    return {"frames": model.config.data.max_frames, "dim": model.embed_dim}
+
+
+def _rows(model, layout: dict, frames: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
+    if "frames" not in layout:
+        return model.video_embeddings(frames, mask).half().cpu().numpy()
+    out = np.empty(frames.shape[0], dtype=row_dtype(layout))
+    out["frames"] = frames.half().cpu().numpy()
+    out["mask"] = mask.to(torch.uint8).cpu().numpy()
+    return out
+
+
 def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity: dict,
-                  run_id: str, rank: int, flush_every: int, show: bool, what: str) -> tuple[int, list[str]]:
-    """Probe, decode and encode this rank's share, writing parts. Returns (encoded, parts)."""
+                  layout: dict, run_id: str, rank: int, flush_every: int, show: bool,
+                  what: str) -> tuple[int, list[str]]:
+    """Probe, decode and encode this rank's share, staging parts. Returns (encoded, parts)."""
     from .api import probe_videos
 
     (out / THUMBS).mkdir(parents=True, exist_ok=True)
@@ -206,27 +138,20 @@ def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity
         nonlocal buf
         if not buf and not (final and failed):
             return
-        records, rows = [], []
-        for pos, f, m in buf:
+        records = []
+        for pos, _, _ in buf:
             c, info = share[pos], infos[pos]
-            thumb = thumb_name(c.path)
+            thumb = thumb_name(c.path, c.size, c.mtime_ns)
             ok = make_thumbnail(root / c.path, out / THUMBS / thumb, info.duration / 2)
             records.append(VideoRecord(c.id, c.path, c.size, c.mtime_ns, round(info.duration, 3),
                                        info.frames, round(info.fps, 4), info.width, info.height,
                                        info.codec, thumb if ok else None))
-            rows.append((f, m))
-        tensors = {}
-        if rows:
-            frames = torch.stack([f for f, _ in rows])
-            mask = torch.stack([m for _, m in rows])
-            if model.separable:
-                tensors["embeddings"] = model.video_embeddings(frames, mask).half()
-            else:
-                tensors["frames"] = frames.half()
-                tensors["frame_mask"] = mask.to(torch.uint8)
+        rows = None
+        if buf:
+            rows = _rows(model, layout, torch.stack([f for _, f, _ in buf]),
+                         torch.stack([m for _, _, m in buf]))
         name = f"{run_id}-r{rank}-{len(parts):05d}"
-        parts.append(_write_part(out, name, identity, records,
-                                 failed if final else [], tensors).name)
+        parts.append(_stage(out, name, identity, records, failed if final else [], rows))
         buf = []
 
     with _progress(show, what) as bar:
@@ -252,9 +177,11 @@ def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity
 def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path,
                 candidates: Sequence[Candidate], info: D.DistInfo | None = None,
                 rebuild: bool = False, retry_failed: bool = False, flush_every: int = 256,
-                show_progress: bool = True, source: dict | None = None) -> dict:
+                show_progress: bool = True, source: dict | None = None,
+                ann_kind: str | None = None) -> dict:
     """Index ``candidates`` (files under ``root``) into ``out`` with the checkpoint's model.
-    Every rank calls it. Returns a summary (videos, encoded, kept, removed, failed, seconds)."""
+    Every rank calls it. ``ann_kind`` (see :mod:`.ann`; None keeps the index's, ``auto`` for a
+    new one). Returns a summary (videos, encoded, kept, removed, failed, seconds, ann)."""
     from .api import VideoTextModel
     from ..runsetup import model_from_checkpoint
 
@@ -263,41 +190,61 @@ def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path
     out = Path(out)
     if not candidates:
         raise UserError(f"nothing to index under {root}: the collection is empty.")
-    identity = D.broadcast_object(model_identity(checkpoint, cfg) if info.is_main else None)
-    model = VideoTextModel(model_from_checkpoint(checkpoint, cfg, info.device), cfg,
-                           str(checkpoint))
-    plan = None
-    if info.is_main:
-        try:
-            plan = _plan(out, identity, root, candidates, rebuild, retry_failed)
-        except UserError as e:
-            plan = e
-    plan = D.broadcast_object(plan)
-    if isinstance(plan, UserError):
-        raise plan
-    todo = [Candidate(**c) for c in plan["todo"]]
-    share = todo[info.rank::info.world_size]
-    run_id = D.broadcast_object(uuid.uuid4().hex[:8])
-    what = "encoding" + (f" (rank 0's share of {info.world_size})" if info.distributed else "")
-    t_enc = time.perf_counter()
-    encoded, parts = _encode_share(model, root, out, share, identity, run_id, info.rank,
-                                   max(1, flush_every), show_progress and info.is_main, what)
-    enc_seconds = time.perf_counter() - t_enc
-    counts = D.all_reduce_sum([float(encoded)], info.device)
-    all_parts = _gather_objects(parts)
-    summary = None
-    if info.is_main:
-        missing = [p for p in all_parts if not (out / PARTS / p).is_file()]
-        if missing:
-            raise VideoIndexError(f"rank 0 cannot see parts other ranks wrote under {out / PARTS} "
-                                  f"(e.g. {missing[0]}); under torchrun on several machines "
-                                  f"--out must be a folder they all share.")
-        summary = _merge(out, identity, cfg, root, candidates, plan, source)
-        summary.update(encoded=int(counts[0]), seconds=round(time.perf_counter() - t0, 2),
-                       encode_seconds=round(enc_seconds, 2))
-        summary["videos_per_s"] = round(summary["encoded"] / enc_seconds, 2) if enc_seconds > 0 else 0.0
-    summary = D.broadcast_object(summary)
-    return summary
+    lock = None
+    try:
+        refused = None
+        if info.is_main:  # before loading anything: a second run is refused at once
+            try:
+                lock = open_for_writing(out, rebuild)
+            except UserError as e:
+                refused = e
+        refused = D.broadcast_object(refused)
+        if refused is not None:
+            raise refused
+        identity = D.broadcast_object(model_identity(checkpoint, cfg) if info.is_main else None)
+        model = VideoTextModel(model_from_checkpoint(checkpoint, cfg, info.device), cfg,
+                               str(checkpoint))
+        layout = layout_of(model)
+        plan = None
+        if info.is_main:
+            try:
+                plan = _plan(out, identity, cfg, layout, root, candidates, retry_failed, source)
+            except UserError as e:
+                plan = e
+        plan = D.broadcast_object(plan)
+        if isinstance(plan, UserError):
+            raise plan
+        todo = [Candidate(**c) for c in plan["todo"]]
+        share = todo[info.rank::info.world_size]
+        run_id = D.broadcast_object(uuid.uuid4().hex[:8])
+        what = "encoding" + (f" (rank 0's share of {info.world_size})" if info.distributed else "")
+        t_enc = time.perf_counter()
+        encoded, parts = _encode_share(model, root, out, share, identity, layout, run_id,
+                                       info.rank, max(1, flush_every),
+                                       show_progress and info.is_main, what)
+        enc_seconds = time.perf_counter() - t_enc
+        counts = D.all_reduce_sum([float(encoded)], info.device)
+        all_parts = _gather_objects(parts)
+        summary = None
+        if info.is_main:
+            missing = [p for p in all_parts if not (out / PARTS / p).is_file()]
+            if missing:
+                raise VideoIndexError(f"rank 0 cannot see parts other ranks wrote under "
+                                      f"{out / PARTS} (e.g. {missing[0]}); under torchrun on "
+                                      f"several machines --out must be a folder they all share.")
+            summary = _merge(out, identity, layout, root, candidates, plan)
+            from .ann_update import update_ann
+
+            summary["ann"] = update_ann(out, ann_kind, summary.pop("added"),
+                                        summary.pop("dropped"))
+            summary.update(encoded=int(counts[0]), seconds=round(time.perf_counter() - t0, 2),
+                           encode_seconds=round(enc_seconds, 2))
+            summary["videos_per_s"] = (round(summary["encoded"] / enc_seconds, 2)
+                                       if enc_seconds > 0 else 0.0)
+        return D.broadcast_object(summary)
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def _gather_objects(obj) -> list:
@@ -308,28 +255,84 @@ def _gather_objects(obj) -> list:
     return [x for part in everyone for x in part]
 
 
-def _plan(out: Path, identity: dict, root: Path, candidates: Sequence[Candidate],
-          rebuild: bool, retry_failed: bool) -> dict:
-    """What to keep and what to encode, from the index and the parts already there."""
-    known: dict[str, VideoRecord] = {}
-    known_failed: dict[str, FailedVideo] = {}
-    if (out / INDEX_FILE).exists() and not rebuild:
-        index = VideoIndex(out)
-        index.check_model(identity, "this run's checkpoint")
-        if index.root != root:
-            raise VideoIndexError(f"the index {out} is of the videos under {index.root}, not "
-                                  f"{root}; index them into another --out folder, or pass "
-                                  f"--rebuild to replace it.")
-        known = {r.path: r for r in index.records}
-        known_failed = {f.path: f for f in index.failed}
-    elif rebuild and out.exists():
-        for name in (INDEX_FILE, PARTS, THUMBS):
-            p = out / name
-            shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
-        for p in out.glob("vectors-*.safetensors"):
-            p.unlink()
+# ------------------------------------------------------------------------------ the folder
+def open_for_writing(out: Path, rebuild: bool) -> WriterLock:
+    """Refuse a path that is a file or a non-empty folder that is not an index; take the
+    writer lock (refused while another run holds it); convert an old-format index; with
+    ``rebuild`` delete the index's own files. Returns the held lock."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file; pass a folder (new or empty, or an index).")
+    ours = Store.exists(out) or (out / LEGACY_FILE).is_file()
+    if out.is_dir() and not ours:
+        others = [p.name for p in out.iterdir() if p.name != LOCK_FILE]
+        if others:
+            raise UserError(f"--out {out} is a folder that is not a video index and holds "
+                            f"{len(others)} entr{'y' if len(others) == 1 else 'ies'} (e.g. "
+                            f"{sorted(others)[0]}); nothing was changed. Pass a new or empty "
+                            f"folder, or the folder of an existing index.")
     out.mkdir(parents=True, exist_ok=True)
-    for records, failed, _ in _read_parts(out, identity, tensors=False):
+    lock = WriterLock(out).acquire()
+    try:
+        if (out / LEGACY_FILE).is_file() and not Store.exists(out):
+            from .legacy import convert
+
+            if rebuild:
+                from .legacy import remove_legacy
+
+                remove_legacy(out)
+            else:
+                log.info("converting %s from the old index.json format", out)
+                convert(out, locked=True)
+        if rebuild and Store.exists(out):
+            remove_index(out)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def remove_index(out: Path) -> None:
+    """Delete what the index at ``out`` wrote and recorded (the store, its vector parts, ANN
+    files and thumbnails, staged parts); nothing else in the folder."""
+    store = Store.open(out, writable=True)
+    try:
+        names = store.owned()
+    finally:
+        store.close()
+    for n in names:
+        (out / n).unlink(missing_ok=True)
+    for p in _staged(out):
+        _drop_staged(p)
+    for n in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", CONFIG_FILE):
+        (out / n).unlink(missing_ok=True)
+    for d in (PARTS, VECTORS, THUMBS):
+        try:
+            (out / d).rmdir()  # only when empty: a user's file in it stays
+        except OSError:
+            pass
+
+
+def _plan(out: Path, identity: dict, cfg: Config, layout: dict, root: Path,
+          candidates: Sequence[Candidate], retry_failed: bool, source: dict | None) -> dict:
+    """What to keep and what to encode, from the store and the staged parts; creates the store
+    (with its model, root and layout) when the folder has none."""
+    import yaml
+
+    if not Store.exists(out):
+        Store.create(out, {"kind": "embeddings" if "frames" not in layout else "frames",
+                           "root": str(root), "model": identity, "layout": layout,
+                           "source": source or {"videos": str(root)}}).close()
+        atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    index = VideoIndex(out)
+    index.check_model(identity, "this run's checkpoint")
+    if index.root != root:
+        raise VideoIndexError(f"the index {out} is of the videos under {index.root}, not "
+                              f"{root}; index them into another --out folder, or pass "
+                              f"--rebuild to replace it.")
+    damaged = _drop_damaged(out, index)
+    known = {r.path: r for r in index.records}
+    known_failed = {f.path: f for f in index.failed}
+    for _, records, failed, _ in _read_staged(out, identity, layout, rows=False):
         known.update({r.path: r for r in records})
         known_failed.update({f.path: f for f in failed})
     todo, kept, kept_failed = [], 0, 0
@@ -342,68 +345,118 @@ def _plan(out: Path, identity: dict, root: Path, candidates: Sequence[Candidate]
         else:
             todo.append(asdict(c))
     log.info("index %s: %d video(s) in the collection, %d already indexed, %d known unreadable "
-             "(kept), %d to encode with %s", out, len(candidates), kept, kept_failed, len(todo),
-             describe(identity))
+             "(kept), %d to encode with %s%s", out, len(candidates), kept, kept_failed, len(todo),
+             describe(identity), f" ({damaged} from damaged vector parts)" if damaged else "")
     return {"todo": todo, "kept": kept}
 
 
-def _merge(out: Path, identity: dict, cfg: Config, root: Path, candidates: Sequence[Candidate],
-           plan: dict, source: dict | None) -> dict:
-    """Rank 0: the index's records and every part, reduced to the files of the collection as
-    they are now, written as a new generation."""
-    import yaml
+def _drop_damaged(out: Path, index: VideoIndex) -> int:
+    """Records whose vector part is missing or fails its checksum are dropped (so this run
+    encodes them again), with the part."""
+    bad = {}
+    for name, info in index.store.parts().items():
+        try:
+            read_part(out / VECTORS / name, info, index.layout, out)
+        except VideoIndexError as e:
+            log.warning("%s", str(e).split(";")[0] + "; its videos are encoded again")
+            bad[name] = info
+    if not bad:
+        return 0
+    store = Store.open(out, writable=True)
+    try:
+        with store.transaction():
+            n = store.db.execute(f"SELECT COUNT(*) FROM videos WHERE part IN "
+                                 f"({','.join('?' * len(bad))})", list(bad)).fetchone()[0]
+            store.db.executemany("DELETE FROM videos WHERE part=?", ((b,) for b in bad))
+            store.drop_parts(bad)
+    finally:
+        store.close()
+    for name in bad:
+        (out / VECTORS / name).unlink(missing_ok=True)
+    return n
 
+
+def _merge(out: Path, identity: dict, layout: dict, root: Path,
+           candidates: Sequence[Candidate], plan: dict) -> dict:
+    """Rank 0: the staged parts, reduced to the files of the collection as they are now,
+    appended as one vector part; records added, replaced and dropped in one transaction."""
     current = {c.path: c for c in candidates}
-    rows: dict[str, tuple[VideoRecord, dict[str, torch.Tensor]]] = {}
-    failed: dict[str, FailedVideo] = {}
-    old_meta = {}
-    if (out / INDEX_FILE).exists():
-        index = VideoIndex(out)
-        old_meta = index.meta
-        vec = index.vectors() if len(index) else {}
-        for i, r in enumerate(index.records):
-            rows[r.path] = (r, {k: v[i] for k, v in vec.items()})
-        failed = {f.path: f for f in index.failed}
-    for records, part_failed, tensors in _read_parts(out, identity):
-        for i, r in enumerate(records):
-            rows[r.path] = (r, {k: v[i] for k, v in tensors.items()})
-            failed.pop(r.path, None)
-        for f in part_failed:
-            failed[f.path] = f
-            rows.pop(f.path, None)
 
     def fresh(x) -> bool:
         c = current.get(x.path)
         return c is not None and (c.size, c.mtime_ns) == (x.size, x.mtime_ns)
 
-    before = {r.path for r in (VideoRecord(**v) for v in old_meta.get("videos", []))}
-    keep = sorted((p for p, (r, _) in rows.items() if fresh(r)))
-    failed_now = sorted((f for f in failed.values() if fresh(f) and f.path not in keep),
-                        key=lambda f: f.path)
-    if not keep:
-        what = "; ".join(f"{f.path}: {f.error}" for f in failed_now[:3])
-        raise UserError(f"none of the {len(candidates)} video(s) under {root} could be decoded "
-                        f"({what}); nothing was indexed. Check the files (python -m "
-                        f"clip4clip_dali.data.manifest) or transcode them.")
-    records = [rows[p][0] for p in keep]
-    names = rows[keep[0]][1].keys()
-    tensors = {k: torch.stack([rows[p][1][k] for p in keep]) for k in names}
-    kind = "embeddings" if "embeddings" in tensors else "frames"
-    meta = {k: v for k, v in old_meta.items() if k not in ("videos", "failed")}
-    meta.update(format=FORMAT, kind=kind, root=str(root), model=identity,
-                source=source or meta.get("source") or {"videos": str(root)},
-                created=meta.get("created") or time.strftime("%Y-%m-%dT%H:%M:%S"))
-    atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-    write_index(out, meta, records, failed_now, tensors)
-    shutil.rmtree(out / PARTS, ignore_errors=True)
-    used = {r.thumb for r in records if r.thumb}
-    for t in (out / THUMBS).glob("*.jpg"):
-        if t.name not in used:
-            t.unlink(missing_ok=True)
-    if failed_now:
-        log.warning("%d unreadable video(s) left out of the index (listed in %s under \"failed\"), "
-                    "e.g. %s: %s", len(failed_now), out / INDEX_FILE, failed_now[0].path,
-                    failed_now[0].error)
-    return {"videos": len(records), "kept": plan["kept"], "failed": [asdict(f) for f in failed_now],
-            "removed": len(before - set(current)), "index": str(out), "kind": kind}
+    staged = _read_staged(out, identity, layout)
+    new: dict[str, tuple[VideoRecord, np.ndarray, int]] = {}
+    new_failed: dict[str, FailedVideo] = {}
+    for _, records, failed, data in staged:
+        for i, r in enumerate(records):
+            new[r.path] = (r, data, i)
+            new_failed.pop(r.path, None)
+        for f in failed:
+            new_failed[f.path] = f
+            new.pop(f.path, None)
+    keep_new = sorted(p for p, (r, _, _) in new.items() if fresh(r))
+    store = Store.open(out, writable=True)
+    try:
+        old = {r.path: r for r in store.records()}
+        old_failed = {f.path: f for f in store.failed()}
+        failed_now = {p: f for p, f in {**old_failed, **new_failed}.items()
+                      if fresh(f) and p not in keep_new and not (p in old and fresh(old[p]))}
+        dropped = [r for p, r in old.items() if p in new_failed or p in keep_new or not fresh(r)]
+        if not keep_new and len(old) == len(dropped):
+            what = "; ".join(f"{f.path}: {f.error}" for f in list(failed_now.values())[:3])
+            raise UserError(f"none of the {len(candidates)} video(s) under {root} could be "
+                            f"decoded ({what}); nothing was indexed. Check the files (python -m "
+                            f"clip4clip_dali.data.manifest) or transcode them.")
+        part = None
+        if keep_new:
+            rows = np.stack([new[p][1][new[p][2]] for p in keep_new]) if "frames" not in layout \
+                else np.array([new[p][1][new[p][2]] for p in keep_new], dtype=row_dtype(layout))
+            (out / VECTORS).mkdir(exist_ok=True)
+            number = 1 + max([int(n[5:-4]) for n in store.parts()] or [0])
+            part = write_part(out / VECTORS / f"part-{number}.f16", rows)
+        with store.transaction():
+            store.drop_paths(r.path for r in dropped)
+            if part:
+                store.add_part(part)
+                store.put_records((new[p][0] for p in keep_new), part["name"],
+                                  range(len(keep_new)))
+            store.set_failed(failed_now.values(), keep=set(failed_now))
+            store.own(f"{THUMBS}/{new[p][0].thumb}" for p in keep_new if new[p][0].thumb)
+            store.set_meta(updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
+        added = store.db.execute("SELECT rid FROM videos WHERE part=?",
+                                 (part["name"],)).fetchall() if part else []
+        _collect_garbage(out, store, dropped)
+        videos = store.count()
+    finally:
+        store.close()
+    for p, *_ in staged:
+        _drop_staged(p)
+    try:
+        (out / PARTS).rmdir()
+    except OSError:
+        pass
+    failed_list = sorted(failed_now.values(), key=lambda f: f.path)
+    if failed_list:
+        log.warning("%d unreadable video(s) left out of the index (kept in %s, table failed), "
+                    "e.g. %s: %s", len(failed_list), out, failed_list[0].path,
+                    failed_list[0].error)
+    return {"videos": videos, "kept": plan["kept"], "failed": [asdict(f) for f in failed_list],
+            "removed": sum(1 for r in dropped if r.path not in current), "index": str(out),
+            "kind": "frames" if "frames" in layout else "embeddings",
+            "added": [a[0] for a in added], "dropped": [r.rid for r in dropped]}
 
+
+def _collect_garbage(out: Path, store: Store, dropped: list[VideoRecord]) -> None:
+    """After the commit: the thumbnails of dropped records and the vector parts no record uses
+    any more (both recorded as the index's own)."""
+    live_thumbs = {t for (t,) in store.db.execute("SELECT thumb FROM videos WHERE thumb IS NOT NULL")}
+    gone = [f"{THUMBS}/{r.thumb}" for r in dropped if r.thumb and r.thumb not in live_thumbs]
+    used = {p for (p,) in store.db.execute("SELECT DISTINCT part FROM videos")}
+    empty = [n for n in store.parts() if n not in used]
+    with store.transaction():
+        store.disown(gone)
+        store.drop_parts(empty)
+    for n in gone + [f"{VECTORS}/{n}" for n in empty]:
+        (out / n).unlink(missing_ok=True)

@@ -8,7 +8,9 @@ Prints, per query, the ranked videos: rank, score, id, path. The score is the co
 of text and video embeddings (meanP, seqLSTM, seqTransf) or the cross encoder's logit
 (tightTransf, which runs over every indexed video for every query: slower). ``--json`` prints
 ``{"index", "model", "score", "results": [{"query", "hits": [{"rank", "score", "id", "path",
-"row", "duration"}]}]}``.
+"rid", "duration"}]}]}`` (``rid``: the video's record id in the index, stable across
+updates). ``--exact`` scores every vector even when the index has an approximate one;
+tightTransf re-ranks the approximate index's best ``--rerank`` videos with its cross encoder.
 """
 from __future__ import annotations
 
@@ -31,21 +33,42 @@ log = logging.getLogger("clip4clip_dali")
 
 def read_queries(path: str) -> list[str]:
     try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
+        lines = Path(path).read_text(encoding="utf-8-sig").splitlines()
     except OSError as e:
         raise UserError(f"--queries {path}: {e.strerror or e}; pass a text file with one query "
                         f"a line.") from None
+    except UnicodeDecodeError as e:
+        line = Path(path).read_bytes()[:e.start].count(b"\n") + 1
+        raise UserError(f"--queries {path}: line {line} is not UTF-8 text ({e.reason} at byte "
+                        f"{e.start}); save the file as UTF-8 (e.g. iconv -f latin1 -t utf-8).") from None
     queries = [q.strip() for q in lines if q.strip() and not q.lstrip().startswith("#")]
     if not queries:
         raise UserError(f"--queries {path} holds no query (one a line; # starts a comment).")
     return queries
 
 
+def check_device(device: str | None) -> str | None:
+    """``--device`` as given, refused in one line when torch cannot use it."""
+    if device is None:
+        return None
+    import torch
+
+    try:
+        dev = torch.device(device)
+        if dev.type == "cuda" and (not torch.cuda.is_available()
+                                   or (dev.index or 0) >= torch.cuda.device_count()):
+            raise ValueError("no such CUDA device here")
+    except (RuntimeError, ValueError) as e:
+        raise UserError(f"--device {device}: {e}; use cpu, or cuda / cuda:N for a GPU this "
+                        f"machine has.") from None
+    return device
+
+
 def results_json(searcher, queries: list[str], hits: list[list[dict]]) -> dict:
     ident = searcher.index.identity
     return {"index": str(searcher.index.dir),
             "model": {"checkpoint": ident["checkpoint"], "sim_header": ident["sim_header"]},
-            "score": searcher.score_kind,
+            "score": searcher.score_kind, "method": searcher.method,
             "results": [{"query": q, "hits": h} for q, h in zip(queries, hits)]}
 
 
@@ -60,7 +83,7 @@ def print_results(queries: list[str], hits: list[list[dict]], score_kind: str, o
 def main(argv: list[str] | None = None) -> int:
     from .. import distributed as D
     from ..runsetup import setup_logging
-    from .video_index import Searcher
+    from .searcher import RERANK, Searcher
 
     p = argparse.ArgumentParser(prog="python -m clip4clip_dali.search",
                                 description="Rank the videos of an index for text queries.")
@@ -73,6 +96,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--checkpoint", help="the index's checkpoint, if it has moved since (it must "
                                         "be the same file)")
     p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when present)")
+    p.add_argument("--exact", action="store_true",
+                   help="score every video, not the index's approximate search")
+    p.add_argument("--rerank", type=int, default=RERANK, metavar="N",
+                   help=f"tightTransf with an approximate index: the cross encoder ranks its "
+                        f"best N (default {RERANK})")
     args = p.parse_args(argv)
     setup_logging(D.DistInfo())
     queries = list(args.queries) + (read_queries(args.queries_file) if args.queries_file else [])
@@ -81,7 +109,10 @@ def main(argv: list[str] | None = None) -> int:
                         "or --queries FILE.")
     if args.top_k < 1:
         raise UserError(f"--top-k must be at least 1, got {args.top_k}.")
-    searcher = Searcher.open(args.index, args.checkpoint, args.device)
+    if args.rerank < 1:
+        raise UserError(f"--rerank must be at least 1, got {args.rerank}.")
+    searcher = Searcher.open(args.index, args.checkpoint, check_device(args.device),
+                             exact=args.exact, rerank=args.rerank)
     hits = searcher.search(queries, args.top_k)
     if args.json:
         print(json.dumps(results_json(searcher, queries, hits), indent=1))
