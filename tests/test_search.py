@@ -323,3 +323,30 @@ def test_index_and_search_on_the_gpu_match_the_cpu(clips, tmp_path):
     assert searcher.model.device.type == "cuda"
     hits = searcher.search(["a red circle moves to the left"], 5)[0]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+
+
+def test_bad_arguments_are_refused_before_any_work(tmp_path):
+    """index and search arguments: a message naming the argument and the fix."""
+    from clip4clip_dali.archive import index as index_cli
+    from clip4clip_dali.archive import search as search_cli
+    from clip4clip_dali.errors import UserError
+
+    latin1 = tmp_path / "queries.txt"
+    latin1.write_bytes("a red circle\ncaf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"--queries .*line 2 is not UTF-8.*save the file as UTF-8"):
+        search_cli.main(["--index", str(tmp_path), "--queries", str(latin1)])
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffa red circle\n".encode("utf-8"))
+    assert search_cli.read_queries(str(bom)) == ["a red circle"]
+    for argv, message in ((["--index", str(tmp_path), "q", "--top-k", "0"], "--top-k"),
+                          (["--index", str(tmp_path), "q", "--rerank", "0"], "--rerank"),
+                          (["--index", str(tmp_path), "q", "--device", "cuda:7"], "--device cuda:7")):
+        if "cuda" in message and torch.cuda.device_count() > 7:
+            continue
+        with pytest.raises(UserError, match=message):
+            search_cli.main(argv)
+    for argv, message in ((["--videos", str(tmp_path)], "--out INDEX_DIR is required"),
+                          (["--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+                            "--flush-every", "0"], "--flush-every must be at least 1")):
+        with pytest.raises(UserError, match=message):
+            index_cli.main(argv)

@@ -1,6 +1,6 @@
 """Approximate nearest neighbours over an index's vectors, with FAISS (the ``[search]`` extra).
 
-Kinds: ``exact`` (no ANN file: every vector scored), ``ivf`` (IVF with float16 scalar
+Kinds: ``exact`` (no ANN file: every vector scored), ``ivf`` (IVF, ~sqrt(n) lists, float16 scalar
 quantisation: fast to build from a training sample, updated in place when videos are added or
 dropped), ``hnsw`` (a graph, 32 links; rebuilt whole on every update), ``auto`` (exact below
 ``AUTO_MIN`` vectors, ivf above). The FAISS ids are the store's record ids. Without faiss
@@ -52,9 +52,10 @@ def choose(kind: str, n: int) -> str:
 
 
 def ivf_lists(n: int) -> int:
-    """~4 sqrt(n) lists (a power of two), at least 39 vectors a list to train on (FAISS's
-    k-means minimum)."""
-    want = 2 ** round(math.log2(4 * math.sqrt(max(n, 1))))
+    """~sqrt(n) lists (a power of two), at least 39 vectors a list to train on (FAISS's
+    k-means minimum). More lists train and add more slowly on a CPU (k-means and assignment
+    cost grow with them), fewer make every probe scan more."""
+    want = 2 ** round(math.log2(math.sqrt(max(n, 1))))
     return int(max(1, min(65536, want, n // 39)))
 
 
@@ -71,6 +72,7 @@ def build(faiss, kind: str, vectors: np.ndarray, ids: np.ndarray, seed: int = 0)
         quantizer = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFScalarQuantizer(quantizer, d, nlist, faiss.ScalarQuantizer.QT_fp16,
                                               faiss.METRIC_INNER_PRODUCT)
+        index.cp.niter = 10
         rng = np.random.default_rng(seed)
         sample = vectors[np.sort(rng.choice(n, min(n, 64 * nlist), replace=False))]
         index.train(np.ascontiguousarray(sample, dtype=np.float32))

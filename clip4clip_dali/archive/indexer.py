@@ -414,12 +414,13 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
             rows = np.stack([new[p][1][new[p][2]] for p in keep_new]) if "frames" not in layout \
                 else np.array([new[p][1][new[p][2]] for p in keep_new], dtype=row_dtype(layout))
             (out / VECTORS).mkdir(exist_ok=True)
-            number = 1 + max([int(n[5:-4]) for n in store.parts()] or [0])
+            number = 1 + max([int(n[5:-4]) for n in store.parts()] + [store.meta("parts_made", 0)])
             part = write_part(out / VECTORS / f"part-{number}.f16", rows)
         with store.transaction():
             store.drop_paths(r.path for r in dropped)
-            if part:
+            if part:  # numbers are never reused: a reader may still map an older part
                 store.add_part(part)
+                store.set_meta(parts_made=number)
                 store.put_records((new[p][0] for p in keep_new), part["name"],
                                   range(len(keep_new)))
             store.set_failed(failed_now.values(), keep=set(failed_now))
