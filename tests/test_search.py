@@ -33,18 +33,6 @@ def build(out: Path, checkpoint: Path, videos: Path, **kw) -> dict:
                        show_progress=False, **kw)
 
 
-@pytest.fixture
-def clip4clip_log(caplog):
-    """Records of the project's logger (which does not propagate once a CLI set it up)."""
-    import logging
-
-    logger = logging.getLogger("clip4clip_dali")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="clip4clip_dali")
-    yield caplog
-    logger.removeHandler(caplog.handler)
-
-
 def test_round_trip_finds_the_captioned_video(folder_index, clips, tmp_path):
     caps = captions_of(clips)
     queries = [(c, vid) for vid in sorted(caps) for c in caps[vid]]

@@ -4,7 +4,6 @@ touch in the folders it is given."""
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import signal
@@ -21,15 +20,6 @@ pytest.register_assert_rewrite("search_fixtures")
 from search_fixtures import REPO, env, save_untrained  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
-
-
-@pytest.fixture
-def clip4clip_log(caplog):
-    logger = logging.getLogger("clip4clip_dali")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="clip4clip_dali")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 @pytest.fixture(scope="module")
@@ -264,6 +254,23 @@ def test_index_with_ann_searches_like_exact(model_ckpt, videos, tmp_path, clip4c
     q = ["a red circle moves to the left", "a blue square"]
     a, e = approx.search(q, 4), exact.search(q, 4)
     assert [[h["rid"] for h in x] for x in a] == [[h["rid"] for h in x] for x in e]
+    # a damaged approximate index: truncated is refused at open, flipped bytes once checked
+    from clip4clip_dali.archive.store import VideoIndexError
+
+    ann_file = out / s["ann"]["file"]
+    good = ann_file.read_bytes()
+    ann_file.write_bytes(good[:-5])
+    with pytest.raises(VideoIndexError, match="truncated or damaged.*--exact"):
+        Searcher(index, model)
+    flipped = bytearray(good)
+    flipped[len(good) // 2] ^= 0xFF
+    ann_file.write_bytes(bytes(flipped))
+    damaged = Searcher(index, model)
+    damaged.ann_check.join()
+    with pytest.raises(VideoIndexError, match="does not match its checksum"):
+        damaged.search(q, 4)
+    assert exact.search(q, 4) == e
+    ann_file.write_bytes(good)
     # the next run keeps the kind and updates the ANN index in place
     (sorted(videos.glob("*.webm"))[0]).unlink()
     s = build(out, model_ckpt, videos)
@@ -317,3 +324,28 @@ def test_listing_survives_odd_names_loops_and_vanished_files(videos, clip4clip_l
     text = clip4clip_log.text
     assert "not valid UTF-8" in text and "already listed" in text
     assert "dangling.webm" in text and "vanishing.webm" in text
+
+
+def test_tight_transf_reranks_what_the_ann_index_preselects(videos, tmp_path):
+    pytest.importorskip("faiss", reason="the [search] extra (faiss-cpu) is in [dev]")
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
+
+    ckpt = save_untrained(tmp_path / "tight.pt", sim_header="tightTransf")
+    out = tmp_path / "index"
+    s = build(out, ckpt, videos, ann_kind="hnsw")
+    assert s["kind"] == "frames" and s["ann"]["kind"] == "hnsw"
+    index = VideoIndex(out)
+    model = index.open_model()
+    q = ["a red circle moves up"]
+    exact = Searcher(index, model, exact=True).search(q, 4)[0]
+    every = Searcher(index, model, rerank=4).search(q, 4)[0]  # N = all: the same ranking
+    assert [h["rid"] for h in every] == [h["rid"] for h in exact]
+    assert [h["score"] for h in every] == pytest.approx([h["score"] for h in exact], abs=1e-4)
+    two = Searcher(index, model, rerank=2)
+    assert two.method == "hnsw"
+    assert len(two.search(q, 4)[0]) == 4  # N is at least top_k
+    hits = two.search(q, 2)[0]
+    assert len(hits) == 2
+    scores = {h["rid"]: h["score"] for h in exact}
+    assert all(scores[h["rid"]] == pytest.approx(h["score"], abs=1e-4) for h in hits)

@@ -19,9 +19,11 @@ log = logging.getLogger("clip4clip_dali")
 
 KINDS = ("auto", "exact", "hnsw", "ivf")
 EXTRA = "pip install 'clip4clip-dali[search]' (faiss-cpu)"
-# Exact search scores every vector: ~1 ms per 20k 512-d vectors a query on 2 cores (measured,
-# benchmarks/results/cpu-2core-2026-12-06-search.md); below this an ANN index buys nothing.
-AUTO_MIN = 50_000
+# Exact search scores every vector, float16 converted chunk by chunk: measured on 2 shared
+# cores (benchmarks/results/cpu-2core-2026-12-06-search.md) p50 ~20 ms a query at 10k x 512,
+# ~540 ms at 100k x 512, while IVF answers in ~1 ms at recall@10 1.0. Above ~20k vectors exact
+# search costs more than encoding the query; below, an ANN index buys nothing.
+AUTO_MIN = 20_000
 IVF_NPROBE = 32
 HNSW_EF_SEARCH = 128
 RECALL_QUERIES = 200

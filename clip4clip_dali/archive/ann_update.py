@@ -28,6 +28,21 @@ def loose_vectors(index: VideoIndex) -> tuple[np.ndarray, np.ndarray]:
     return rids, np.concatenate([o.numpy() for o in out]) if out else np.zeros((0, 1), np.float16)
 
 
+def _loose_rows(index: VideoIndex, rids: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    """(ids, loose vectors) of the records ``rids`` only."""
+    found, rows = index.rows(rids)
+    ids = np.asarray(found, dtype=np.int64)
+    if "frames" not in index.layout:
+        return ids, rows
+    import torch
+
+    from .searcher import pooled
+
+    v = pooled(torch.from_numpy(np.ascontiguousarray(rows["frames"])),
+               torch.from_numpy(np.ascontiguousarray(rows["mask"])).long())
+    return ids, v.half().numpy()
+
+
 def update_ann(out: Path, requested: str | None, added: list[int], dropped: list[int]) -> dict:
     """Returns what the index searches with: {"kind", "requested", "recall_at_10", ...}."""
     store = Store.open(out, writable=True)
@@ -42,34 +57,43 @@ def update_ann(out: Path, requested: str | None, added: list[int], dropped: list
                     **({"why": f"faiss is not installed ({ann.EXTRA})"} if kind != "exact" else {})}
         t0 = time.perf_counter()
         index = VideoIndex(out)
-        rids, vectors = loose_vectors(index)
-        fa = None
+        n = len(index)
         path = out / old["file"] if old else None
-        if (old and old["kind"] == kind == "ivf" and len(rids) <= 4 * old["trained_n"]
+        if (old and old["kind"] == kind == "ivf" and n <= 4 * old["trained_n"]
                 and path.is_file() and crc32_file(path) == old["crc32"]):
             fa = ann.load(faiss, path)
             ann.remove(faiss, fa, dropped)
-            new = np.isin(rids, np.asarray(added, dtype=np.int64))
-            ann.add(fa, vectors[new], rids[new])
+            new_ids, new_vectors = _loose_rows(index, added)
+            ann.add(fa, new_vectors, new_ids)
             trained_n, how = old["trained_n"], "updated"
         else:
+            rids, vectors = loose_vectors(index)
             fa = ann.build(faiss, kind, vectors, rids)
             trained_n, how = len(rids), "built"
         ann.tune(faiss, fa, kind)
-        recall = ann.recall_at(fa, ann.held_queries(vectors), vectors, rids, 10)
+        # Recall is measured when the index is built and again when the collection has grown
+        # or shrunk by a tenth since (it needs exact search over every vector).
+        measured = old.get("recall_n", 0) if old else 0
+        if how == "built" or abs(n - measured) > 0.1 * max(1, measured):
+            if how == "updated":
+                rids, vectors = loose_vectors(index)
+            recall = ann.recall_at(fa, ann.held_queries(vectors), vectors, rids, 10)
+            recall_n = n
+        else:
+            recall, recall_n = old["recall_at_10"], old["recall_n"]
         number = 1 + (old["number"] if old else 0)
         name = f"ann-{number}.faiss"
         ann.save(faiss, fa, out / name)
         meta = {"kind": kind, "file": name, "number": number, "bytes": (out / name).stat().st_size,
                 "crc32": crc32_file(out / name), "vectors": int(fa.ntotal),
-                "trained_n": trained_n, "recall_at_10": round(recall, 4),
-                "recall_queries": min(ann.RECALL_QUERIES, len(rids)),
+                "trained_n": trained_n, "recall_at_10": round(recall, 4), "recall_n": recall_n,
+                "recall_queries": min(ann.RECALL_QUERIES, recall_n),
                 "seconds": round(time.perf_counter() - t0, 2),
                 "built": time.strftime("%Y-%m-%dT%H:%M:%S")}
         _replace(out, store, old, meta, requested)
         log.info("approximate index %s (%s, %d vectors) %s in %.1f s; recall@10 against exact "
-                 "search on %d held queries: %.3f", name, kind, fa.ntotal, how, meta["seconds"],
-                 meta["recall_queries"], recall)
+                 "search on %d held queries (measured at %d vectors): %.3f", name, kind,
+                 fa.ntotal, how, meta["seconds"], meta["recall_queries"], recall_n, recall)
         return {"kind": kind, "requested": requested, "recall_at_10": meta["recall_at_10"],
                 "file": name, how: True}
     finally:

@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--convert", metavar="INDEX_DIR",
                    help="convert an index of the old format (index.json) to the store, and stop")
     p.add_argument("--ann", choices=KINDS, default=None,
-                   help="approximate search: auto (exact below 50,000 videos, ivf above; the "
+                   help="approximate search: auto (exact below 20,000 videos, ivf above; the "
                         "default for a new index), exact, ivf, hnsw (needs the [search] extra)")
     p.add_argument("--rebuild", action="store_true", help="start the index afresh")
     p.add_argument("--retry-failed", action="store_true",

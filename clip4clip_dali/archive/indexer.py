@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 import uuid
 from dataclasses import asdict
@@ -330,17 +329,17 @@ def _plan(out: Path, identity: dict, cfg: Config, layout: dict, root: Path,
                               f"{root}; index them into another --out folder, or pass "
                               f"--rebuild to replace it.")
     damaged = _drop_damaged(out, index)
-    known = {r.path: r for r in index.records}
-    known_failed = {f.path: f for f in index.failed}
+    known = {p: v[:2] for p, v in index.store.stamps().items()}
+    known_failed = {f.path: (f.size, f.mtime_ns) for f in index.failed}
     for _, records, failed, _ in _read_staged(out, identity, layout, rows=False):
-        known.update({r.path: r for r in records})
-        known_failed.update({f.path: f for f in failed})
+        known.update({r.path: (r.size, r.mtime_ns) for r in records})
+        known_failed.update({f.path: (f.size, f.mtime_ns) for f in failed})
     todo, kept, kept_failed = [], 0, 0
     for c in candidates:
         r, f = known.get(c.path), known_failed.get(c.path)
-        if r is not None and (r.size, r.mtime_ns) == (c.size, c.mtime_ns):
+        if r == (c.size, c.mtime_ns):
             kept += 1
-        elif f is not None and (f.size, f.mtime_ns) == (c.size, c.mtime_ns) and not retry_failed:
+        elif f == (c.size, c.mtime_ns) and not retry_failed:
             kept_failed += 1
         else:
             todo.append(asdict(c))
@@ -386,6 +385,10 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
         c = current.get(x.path)
         return c is not None and (c.size, c.mtime_ns) == (x.size, x.mtime_ns)
 
+    def fresh_stamp(path: str, stamp: tuple) -> bool:
+        c = current.get(path)
+        return c is not None and (c.size, c.mtime_ns) == stamp[:2]
+
     staged = _read_staged(out, identity, layout)
     new: dict[str, tuple[VideoRecord, np.ndarray, int]] = {}
     new_failed: dict[str, FailedVideo] = {}
@@ -399,11 +402,13 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
     keep_new = sorted(p for p, (r, _, _) in new.items() if fresh(r))
     store = Store.open(out, writable=True)
     try:
-        old = {r.path: r for r in store.records()}
+        old = store.stamps()  # path -> (size, mtime_ns, rid, thumb)
         old_failed = {f.path: f for f in store.failed()}
         failed_now = {p: f for p, f in {**old_failed, **new_failed}.items()
-                      if fresh(f) and p not in keep_new and not (p in old and fresh(old[p]))}
-        dropped = [r for p, r in old.items() if p in new_failed or p in keep_new or not fresh(r)]
+                      if fresh(f) and p not in keep_new
+                      and not (p in old and fresh_stamp(p, old[p]))}
+        dropped = [(p, v[2], v[3]) for p, v in old.items()
+                   if p in new_failed or p in keep_new or not fresh_stamp(p, v)]
         if not keep_new and len(old) == len(dropped):
             what = "; ".join(f"{f.path}: {f.error}" for f in list(failed_now.values())[:3])
             raise UserError(f"none of the {len(candidates)} video(s) under {root} could be "
@@ -417,7 +422,7 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
             number = 1 + max([int(n[5:-4]) for n in store.parts()] + [store.meta("parts_made", 0)])
             part = write_part(out / VECTORS / f"part-{number}.f16", rows)
         with store.transaction():
-            store.drop_paths(r.path for r in dropped)
+            store.drop_paths(p for p, _, _ in dropped)
             if part:  # numbers are never reused: a reader may still map an older part
                 store.add_part(part)
                 store.set_meta(parts_made=number)
@@ -428,7 +433,7 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
             store.set_meta(updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         added = store.db.execute("SELECT rid FROM videos WHERE part=?",
                                  (part["name"],)).fetchall() if part else []
-        _collect_garbage(out, store, dropped)
+        _collect_garbage(out, store, dropped, store.parts() if dropped else {})
         videos = store.count()
     finally:
         store.close()
@@ -444,18 +449,20 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
                     "e.g. %s: %s", len(failed_list), out, failed_list[0].path,
                     failed_list[0].error)
     return {"videos": videos, "kept": plan["kept"], "failed": [asdict(f) for f in failed_list],
-            "removed": sum(1 for r in dropped if r.path not in current), "index": str(out),
+            "removed": sum(1 for p, _, _ in dropped if p not in current), "index": str(out),
             "kind": "frames" if "frames" in layout else "embeddings",
-            "added": [a[0] for a in added], "dropped": [r.rid for r in dropped]}
+            "added": [a[0] for a in added], "dropped": [rid for _, rid, _ in dropped]}
 
 
-def _collect_garbage(out: Path, store: Store, dropped: list[VideoRecord]) -> None:
+def _collect_garbage(out: Path, store: Store, dropped: list[tuple[str, int, str | None]],
+                     parts_before: dict[str, dict]) -> None:
     """After the commit: the thumbnails of dropped records and the vector parts no record uses
     any more (both recorded as the index's own)."""
-    live_thumbs = {t for (t,) in store.db.execute("SELECT thumb FROM videos WHERE thumb IS NOT NULL")}
-    gone = [f"{THUMBS}/{r.thumb}" for r in dropped if r.thumb and r.thumb not in live_thumbs]
-    used = {p for (p,) in store.db.execute("SELECT DISTINCT part FROM videos")}
-    empty = [n for n in store.parts() if n not in used]
+    db = store.db
+    gone = sorted({f"{THUMBS}/{t}" for _, _, t in dropped if t and db.execute(
+        "SELECT 1 FROM videos WHERE thumb=? LIMIT 1", (t,)).fetchone() is None})
+    empty = [n for n in parts_before if db.execute(
+        "SELECT 1 FROM videos WHERE part=? LIMIT 1", (n,)).fetchone() is None]
     with store.transaction():
         store.disown(gone)
         store.drop_parts(empty)

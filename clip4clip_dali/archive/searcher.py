@@ -8,6 +8,7 @@ encoder ranks them; without one (or with ``exact``) the cross encoder sees every
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 from typing import Sequence
 
@@ -72,17 +73,28 @@ class Searcher:
         if faiss is None:
             return None
         path = self.index.dir / meta["file"]
+        fix = ("run the `index` command again (it rebuilds it), or search with --exact")
         try:
-            ok = path.stat().st_size == meta["bytes"] and crc32_file(path) == meta["crc32"]
-        except OSError:
-            ok = False
-        if not ok:
-            raise VideoIndexError(f"{path} is missing or does not match its checksum; run the "
-                                  f"`index` command again (it rebuilds it), or search with "
-                                  f"--exact.")
+            size = path.stat().st_size
+        except OSError as e:
+            raise VideoIndexError(f"{path} is missing ({e.strerror}); {fix}.") from None
+        if size != meta["bytes"]:
+            raise VideoIndexError(f"{path} holds {size} bytes, the index recorded "
+                                  f"{meta['bytes']} (truncated or damaged); {fix}.")
         index = ann.load(faiss, path)
         ann.tune(faiss, index, meta["kind"])
+        # Its checksum is checked beside the first queries (reading 1 GB takes seconds); once
+        # it fails every search is refused, and a damaged score is never shown (_rank).
+        self._ann_damaged: str | None = None
+        self.ann_check = threading.Thread(target=self._check_ann, args=(path, meta["crc32"], fix),
+                                          daemon=True)
+        self.ann_check.start()
         return index
+
+    def _check_ann(self, path: Path, crc: int, fix: str) -> None:
+        if crc32_file(path) != crc:
+            self._ann_damaged = f"{path} does not match its checksum (damaged); {fix}."
+            log.error("%s", self._ann_damaged)
 
     def _vectors(self) -> tuple[np.ndarray, dict[str, torch.Tensor]]:
         if self._vec is None:
@@ -92,9 +104,12 @@ class Searcher:
     @torch.no_grad()
     def _rank(self, text: torch.Tensor, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(nq, k) scores and record ids, best first."""
+        if self.ann is not None and getattr(self, "_ann_damaged", None):
+            raise VideoIndexError(self._ann_damaged)
         if self.index.kind == "embeddings":
             if self.ann is not None:
                 s, i = self.ann.search(text.float().cpu().numpy(), k)
+                i[~np.isfinite(s)] = -1  # a damaged code never reaches a page
                 return s, i
             rids, vec = self._vectors()
             emb, scores = vec["embeddings"], []
@@ -112,19 +127,18 @@ class Searcher:
         return v.numpy(), rids[pos.numpy()]
 
     def _cross_rerank(self, text: torch.Tensor, cand: np.ndarray, k: int):
-        rids, vec = self._vectors()
-        where = {int(r): i for i, r in enumerate(rids)}
+        """The cross encoder over each query's candidates only (their rows read by id)."""
         out_s, out_i = [], []
         for q in range(text.shape[0]):
-            pos = [where[int(r)] for r in cand[q] if int(r) in where]
-            sim = self.model.score(text[q:q + 1], vec["frames"][pos],
-                                   vec["frame_mask"][pos].long(), chunk=self.chunk)[0].cpu()
-            v, p = torch.topk(sim.float(), min(k, len(pos)))
+            found, rows = self.index.rows([r for r in cand[q].tolist() if r >= 0])
+            frames = torch.from_numpy(np.ascontiguousarray(rows["frames"]))
+            mask = torch.from_numpy(np.ascontiguousarray(rows["mask"])).long()
+            sim = self.model.score(text[q:q + 1], frames, mask, chunk=self.chunk)[0].cpu()
+            v, p = torch.topk(sim.float(), min(k, len(found)))
             out_s.append(v.numpy())
-            out_i.append(np.asarray(pos)[p.numpy()])
+            out_i.append(np.asarray(found, dtype=np.int64)[p.numpy()])
         width = min(len(x) for x in out_s)
-        return (np.stack([x[:width] for x in out_s]),
-                np.stack([rids[x[:width]] for x in out_i]))
+        return np.stack([x[:width] for x in out_s]), np.stack([x[:width] for x in out_i])
 
     def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict]]:
         """Per query the ``top_k`` best videos, best first: rank, score, id, path, rid..."""

@@ -52,6 +52,7 @@ CREATE TABLE IF NOT EXISTS videos(rid INTEGER PRIMARY KEY AUTOINCREMENT,
     fps REAL NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, codec TEXT NOT NULL,
     thumb TEXT, part TEXT NOT NULL REFERENCES parts(name), row INTEGER NOT NULL);
 CREATE INDEX IF NOT EXISTS videos_part ON videos(part);
+CREATE INDEX IF NOT EXISTS videos_thumb ON videos(thumb);
 CREATE TABLE IF NOT EXISTS failed(path TEXT PRIMARY KEY, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owned(name TEXT PRIMARY KEY);
@@ -255,6 +256,12 @@ class Store:
                 found[rec.rid] = rec
         return [found[i] for i in ids if i in found]
 
+    def stamps(self) -> dict[str, tuple[int, int, int, str | None]]:
+        """path -> (size, mtime_ns, rid, thumb) of every record: what a writer needs to plan,
+        without building a million records."""
+        return {r[0]: r[1:] for r in
+                self.db.execute("SELECT path, size, mtime_ns, rid, thumb FROM videos")}
+
     def record(self, rid: int) -> VideoRecord | None:
         got = self.records([rid])
         return got[0] if got else None
@@ -273,6 +280,16 @@ class Store:
         part = np.fromiter((at[r[1]] for r in rows), dtype=np.int64, count=len(rows))
         row = np.fromiter((r[2] for r in rows), dtype=np.int64, count=len(rows))
         return rid, names, part, row
+
+    def locate(self, rids: Sequence[int]) -> dict[int, tuple[str, int]]:
+        """Record id -> (part, row) for the ids of ``rids`` that exist."""
+        out: dict[int, tuple[str, int]] = {}
+        ids = [int(r) for r in rids]
+        for s in range(0, len(ids), 500):
+            chunk = ids[s:s + 500]
+            q = f"SELECT rid, part, row FROM videos WHERE rid IN ({','.join('?' * len(chunk))})"
+            out.update((r[0], (r[1], r[2])) for r in self.db.execute(q, chunk))
+        return out
 
     def parts(self) -> dict[str, dict]:
         cur = self.db.execute("SELECT name, rows, bytes, crc32, created FROM parts")

@@ -148,6 +148,17 @@ class VideoIndex:
                          "frame_mask": torch.from_numpy(np.ascontiguousarray(out["mask"]))}
         return rid, {"embeddings": torch.from_numpy(out)}
 
+    def rows(self, rids) -> tuple[list[int], np.ndarray]:
+        """(the ids of ``rids`` still in the index, their vector rows), in the order given,
+        read from the parts (no other record's vectors are read)."""
+        where = self.store.locate(rids)
+        found = [int(r) for r in rids if int(r) in where]
+        out = np.empty(len(found), dtype=row_dtype(self.layout))
+        for i, r in enumerate(found):
+            name, row = where[r]
+            out[i] = self.part(name)[row]
+        return found, out
+
     def vectors(self) -> dict[str, torch.Tensor]:
         """The vectors of ``records``, in that order (see ``load_vectors``)."""
         return self.load_vectors()[1]
