@@ -81,7 +81,7 @@ class Searcher:
         if size != meta["bytes"]:
             raise VideoIndexError(f"{path} holds {size} bytes, the index recorded "
                                   f"{meta['bytes']} (truncated or damaged); {fix}.")
-        index = ann.load(faiss, path)
+        index = ann.load(faiss, path, mmap=True)
         ann.tune(faiss, index, meta["kind"])
         # Its checksum is checked beside the first queries (reading 1 GB takes seconds); once
         # it fails every search is refused, and a damaged score is never shown (_rank).
