@@ -104,10 +104,12 @@ def run_one(label: str, index_dir: Path, queries: list[str], args) -> dict:
     real = [r for r in index.store.records(list(range(1, 201))) if r.thumb]
     port = free_port()
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # The server's log goes to a file: a pipe nobody reads fills up and stalls every thread
+    # that logs (waitress warns about its queue depth under this load).
+    log_file = tempfile.NamedTemporaryFile("w+", prefix="serve-", suffix=".log", delete=False)
     server = subprocess.Popen([sys.executable, "-m", "clip4clip_dali.serve", "--index",
                                str(index_dir), "--port", str(port), "--host", "127.0.0.1"],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True)
+                              cwd=REPO, env=env, stdout=log_file, stderr=subprocess.STDOUT)
     try:
         deadline = time.time() + 300
         while True:
@@ -119,7 +121,7 @@ def run_one(label: str, index_dir: Path, queries: list[str], args) -> dict:
                 break
             except OSError:
                 if server.poll() is not None or time.time() > deadline:
-                    raise RuntimeError(f"serve did not start: {server.stdout.read()[-2000:]}")
+                    raise RuntimeError(f"serve did not start: {Path(log_file.name).read_text()[-2000:]}")
                 time.sleep(0.5)
         rss_before = rss_mib(server.pid)
         results: list[tuple[str, float, int]] = []
@@ -172,10 +174,13 @@ def run_one(label: str, index_dir: Path, queries: list[str], args) -> dict:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             server.kill()
+        log_file.close()
+        os.unlink(log_file.name)
     row = {"target": label, "videos": len(index), "clients": args.clients,
            "seconds": round(wall, 1), "requests": len(results),
            "requests_per_s": round(len(results) / wall, 1),
            "errors": sum(1 for _, _, s in results if s not in (200, 206)),
+           "error_kinds": sorted({f"{k} {s}" for k, _, s in results if s not in (200, 206)}),
            "rss_mib_before": round(rss_before, 1), "rss_mib_after": round(rss_after, 1),
            "load_1min_after": os.getloadavg()[0], "kinds": {}}
     for kind, _ in MIX:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -139,12 +140,24 @@ def held_queries(vectors: np.ndarray, n: int = RECALL_QUERIES, seed: int = 1) ->
     return q / np.linalg.norm(q, axis=1, keepdims=True)
 
 
-def save(faiss, index, path: Path) -> None:
+def save(faiss, index, path: Path) -> tuple[int, int]:
+    """Write ``index`` to ``path`` (synced); (bytes, CRC-32), computed from memory."""
+    data = faiss.serialize_index(index)
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    faiss.write_index(index, str(tmp))
-    with open(tmp, "rb") as f:
+    with open(tmp, "wb") as f:
+        f.write(memoryview(data))
+        f.flush()
         os.fsync(f.fileno())
     os.replace(tmp, path)
+    return int(data.nbytes), zlib.crc32(memoryview(data))
+
+
+def load_checked(faiss, path: Path, crc: int):
+    """The index at ``path`` read once, or None when it does not match ``crc``."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if zlib.crc32(memoryview(data)) != crc:
+        return None
+    return faiss.deserialize_index(data)
 
 
 def load(faiss, path: Path, mmap: bool = False):

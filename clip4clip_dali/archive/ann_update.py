@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from . import ann
-from .store import Store, crc32_file
+from .store import Store
 from .video_index import VideoIndex
 
 log = logging.getLogger("clip4clip_dali")
@@ -58,10 +58,11 @@ def update_ann(out: Path, requested: str | None, added: list[int], dropped: list
         t0 = time.perf_counter()
         index = VideoIndex(out)
         n = len(index)
-        path = out / old["file"] if old else None
-        if (old and old["kind"] == kind == "ivf" and n <= 4 * old["trained_n"]
-                and path.is_file() and crc32_file(path) == old["crc32"]):
-            fa = ann.load(faiss, path)
+        fa = None
+        if old and old["kind"] == kind == "ivf" and n <= 4 * old["trained_n"] \
+                and (out / old["file"]).is_file():
+            fa = ann.load_checked(faiss, out / old["file"], old["crc32"])  # None: damaged
+        if fa is not None:
             ann.remove(faiss, fa, dropped)
             new_ids, new_vectors = _loose_rows(index, added)
             ann.add(fa, new_vectors, new_ids)
@@ -83,9 +84,9 @@ def update_ann(out: Path, requested: str | None, added: list[int], dropped: list
             recall, recall_n = old["recall_at_10"], old["recall_n"]
         number = 1 + (old["number"] if old else 0)
         name = f"ann-{number}.faiss"
-        ann.save(faiss, fa, out / name)
-        meta = {"kind": kind, "file": name, "number": number, "bytes": (out / name).stat().st_size,
-                "crc32": crc32_file(out / name), "vectors": int(fa.ntotal),
+        size, crc = ann.save(faiss, fa, out / name)
+        meta = {"kind": kind, "file": name, "number": number, "bytes": size,
+                "crc32": crc, "vectors": int(fa.ntotal),
                 "trained_n": trained_n, "recall_at_10": round(recall, 4), "recall_n": recall_n,
                 "recall_queries": min(ann.RECALL_QUERIES, recall_n),
                 "seconds": round(time.perf_counter() - t0, 2),
