@@ -400,15 +400,16 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
             new_failed[f.path] = f
             new.pop(f.path, None)
     keep_new = sorted(p for p, (r, _, _) in new.items() if fresh(r))
+    replaced = set(keep_new)
     store = Store.open(out, writable=True)
     try:
         old = store.stamps()  # path -> (size, mtime_ns, rid, thumb)
         old_failed = {f.path: f for f in store.failed()}
         failed_now = {p: f for p, f in {**old_failed, **new_failed}.items()
-                      if fresh(f) and p not in keep_new
+                      if fresh(f) and p not in replaced
                       and not (p in old and fresh_stamp(p, old[p]))}
         dropped = [(p, v[2], v[3]) for p, v in old.items()
-                   if p in new_failed or p in keep_new or not fresh_stamp(p, v)]
+                   if p in new_failed or p in replaced or not fresh_stamp(p, v)]
         if not keep_new and len(old) == len(dropped):
             what = "; ".join(f"{f.path}: {f.error}" for f in list(failed_now.values())[:3])
             raise UserError(f"none of the {len(candidates)} video(s) under {root} could be "
