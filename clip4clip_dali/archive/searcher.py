@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from . import ann
-from .store import VideoIndexError
+from .store import VideoIndexError, check_size
 from .video_index import VideoIndex, crc32_file
 
 log = logging.getLogger("clip4clip_dali")
@@ -74,13 +74,7 @@ class Searcher:
             return None
         path = self.index.dir / meta["file"]
         fix = ("run the `index` command again (it rebuilds it), or search with --exact")
-        try:
-            size = path.stat().st_size
-        except OSError as e:
-            raise VideoIndexError(f"{path} is missing ({e.strerror}); {fix}.") from None
-        if size != meta["bytes"]:
-            raise VideoIndexError(f"{path} holds {size} bytes, the index recorded "
-                                  f"{meta['bytes']} (truncated or damaged); {fix}.")
+        check_size(path, meta["bytes"], fix)
         index = ann.load(faiss, path, mmap=True)
         ann.tune(faiss, index, meta["kind"])
         # Its checksum is checked beside the first queries (reading 1 GB takes seconds); once

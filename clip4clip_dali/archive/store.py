@@ -117,6 +117,17 @@ def crc32_file(path: Path) -> int:
     return crc
 
 
+def check_size(path: Path, recorded: int, fix: str) -> None:
+    """Refuse a file of the index that is missing or not of its recorded size."""
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise VideoIndexError(f"{path} is missing ({e.strerror}); {fix}.") from None
+    if size != recorded:
+        raise VideoIndexError(f"{path} holds {size} bytes, the index recorded {recorded} "
+                              f"(truncated or damaged); {fix}.")
+
+
 def write_part(path: Path, rows: np.ndarray) -> dict:
     """Write ``rows`` (an array of ``row_dtype``) to ``path`` (synced); its parts-table row."""
     tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")

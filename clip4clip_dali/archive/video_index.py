@@ -19,7 +19,7 @@ import torch
 
 from ..config import Config, from_dict
 from .store import (CONFIG_FILE, THUMBS, VECTORS, FailedVideo, Store, VideoIndexError,
-                    VideoRecord, crc32_file, row_dtype)
+                    VideoRecord, check_size, crc32_file, row_dtype)
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -69,13 +69,7 @@ def read_part(path: Path, part: dict, layout: dict, folder: Path) -> np.ndarray:
     checking its size and CRC-32: a damaged or truncated file is refused, never ranked."""
     fix = (f"run the `index` command that built {folder} again: it drops the videos of the "
            f"damaged part and encodes them again (or rebuild with --rebuild)")
-    try:
-        size = path.stat().st_size
-    except OSError as e:
-        raise VideoIndexError(f"{path} is missing ({e.strerror}); {fix}.") from None
-    if size != part["bytes"]:
-        raise VideoIndexError(f"{path} holds {size} bytes, the index recorded {part['bytes']} "
-                              f"(truncated or damaged); {fix}.")
+    check_size(path, part["bytes"], fix)
     if crc32_file(path) != part["crc32"]:
         raise VideoIndexError(f"{path} does not match its checksum (damaged); {fix}.")
     if part["rows"] == 0:
