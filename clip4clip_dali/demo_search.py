@@ -19,9 +19,9 @@ log = logging.getLogger("clip4clip_dali")
 def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) -> dict | None:
     """Every rank indexes; rank 0 searches, prints and returns what it found."""
     from .data.dataset import load_split
-    from .indexer import build_index, split_candidates
+    from .archive.indexer import build_index, split_candidates
     from .runsetup import checkpoint_config
-    from .video_index import Searcher
+    from .archive.searcher import Searcher
 
     out = Path(cfg.train.output_dir)
     checkpoint = out / "best.pt" if (out / "best.pt").is_file() else out / "latest.pt"

@@ -100,3 +100,15 @@ def folder_index(trained, clips, tmp_path_factory) -> Path:
     s = json.loads(p.stdout[p.stdout.index("{"):])
     assert s["videos"] == s["encoded"] == CLIPS and s["failed"] == [] and s["kind"] == "embeddings"
     return out
+
+
+@pytest.fixture
+def clip4clip_log(caplog):
+    """Records of the project's logger (which does not propagate once a CLI set it up)."""
+    import logging
+
+    logger = logging.getLogger("clip4clip_dali")
+    logger.addHandler(caplog.handler)
+    caplog.set_level(logging.INFO, logger="clip4clip_dali")
+    yield caplog
+    logger.removeHandler(caplog.handler)

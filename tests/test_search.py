@@ -14,7 +14,7 @@ from search_fixtures import check, run_module, save_untrained  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
 
-HIT_KEYS = {"rank", "score", "id", "path", "row", "duration"}
+HIT_KEYS = {"rank", "score", "id", "path", "rid", "duration"}
 
 
 def captions_of(clips: Path) -> dict[str, list[str]]:
@@ -25,24 +25,12 @@ def captions_of(clips: Path) -> dict[str, list[str]]:
 
 def build(out: Path, checkpoint: Path, videos: Path, **kw) -> dict:
     """The index CLI's work, in this process."""
-    from clip4clip_dali.indexer import build_index, folder_candidates
+    from clip4clip_dali.archive.indexer import build_index, folder_candidates
     from clip4clip_dali.runsetup import checkpoint_config
 
     root, candidates = folder_candidates(videos)
     return build_index(out, checkpoint, checkpoint_config(checkpoint), root, candidates,
                        show_progress=False, **kw)
-
-
-@pytest.fixture
-def clip4clip_log(caplog):
-    """Records of the project's logger (which does not propagate once a CLI set it up)."""
-    import logging
-
-    logger = logging.getLogger("clip4clip_dali")
-    logger.addHandler(caplog.handler)
-    caplog.set_level(logging.INFO, logger="clip4clip_dali")
-    yield caplog
-    logger.removeHandler(caplog.handler)
 
 
 def test_round_trip_finds_the_captioned_video(folder_index, clips, tmp_path):
@@ -54,7 +42,8 @@ def test_round_trip_finds_the_captioned_video(folder_index, clips, tmp_path):
                    str(qfile), "--top-k", "5", "--json")
     check(p)
     doc = json.loads(p.stdout)
-    assert set(doc) == {"index", "model", "score", "results"}
+    assert set(doc) == {"index", "model", "score", "method", "results"}
+    assert doc["method"] == "exact"  # 12 videos: auto keeps exact search
     assert set(doc["model"]) == {"checkpoint", "sim_header"} and doc["score"] == "cosine"
     assert [r["query"] for r in doc["results"]] == [c for c, _ in queries]
     top1 = 0
@@ -90,10 +79,11 @@ def test_split_index_ranks_as_the_evaluation_does(trained, clips, tmp_path):
 
     from clip4clip_dali.data.msvd import load_split
     from clip4clip_dali.distributed import DistInfo
-    from clip4clip_dali.indexer import build_index, split_candidates
+    from clip4clip_dali.archive.indexer import build_index, split_candidates
     from clip4clip_dali.retrieval import evaluate_split
     from clip4clip_dali.runsetup import checkpoint_config, model_from_checkpoint
-    from clip4clip_dali.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     cfg = checkpoint_config(trained)
     cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, loader="reference"))
@@ -113,8 +103,8 @@ def test_split_index_ranks_as_the_evaluation_does(trained, clips, tmp_path):
 
 def test_reindex_encodes_only_added_and_changed_and_resumes(trained, clips, tmp_path,
                                                             monkeypatch):
-    from clip4clip_dali import indexer
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive import indexer
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     src = sorted((clips / "videos").glob("*.webm"))
     videos = tmp_path / "videos"
@@ -163,7 +153,7 @@ def test_reindex_encodes_only_added_and_changed_and_resumes(trained, clips, tmp_
 
 
 def test_another_model_is_refused(trained, folder_index, clips, tmp_path):
-    from clip4clip_dali.video_index import VideoIndex, VideoIndexError
+    from clip4clip_dali.archive.video_index import VideoIndex, VideoIndexError
 
     other = save_untrained(tmp_path / "other.pt")
     p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(other),
@@ -198,6 +188,7 @@ def test_cli_refusals_are_one_clear_line(trained, tmp_path):
 
 
 def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
+    from clip4clip_dali.archive.video_index import VideoIndex
     from clip4clip_dali.errors import UserError
 
     videos = tmp_path / "videos"
@@ -211,10 +202,10 @@ def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
     out = tmp_path / "index"
     s = build(out, trained, videos)
     assert s["videos"] == 2 and len(s["failed"]) == 3
-    meta = json.loads((out / "index.json").read_text())
-    assert sorted(r["path"] for r in meta["videos"]) == sorted(f.name for f in good)
-    assert sorted(f["path"] for f in meta["failed"]) == ["cut.webm", "empty.webm", "garbage.mp4"]
-    assert all(f["error"] for f in meta["failed"])
+    index = VideoIndex(out)
+    assert sorted(r.path for r in index.records) == sorted(f.name for f in good)
+    assert sorted(f.path for f in index.failed) == ["cut.webm", "empty.webm", "garbage.mp4"]
+    assert all(f.error for f in index.failed)
     # known unreadable files are not tried again unless they change (or retry_failed)
     s = build(out, trained, videos)
     assert s["encoded"] == 0 and len(s["failed"]) == 3
@@ -236,7 +227,8 @@ def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):
 def test_tight_transf_ranks_with_the_cross_encoder(clips, tmp_path, clip4clip_log):
     from clip4clip_dali.api import load_model
     from clip4clip_dali.errors import UserError
-    from clip4clip_dali.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     ckpt = save_untrained(tmp_path / "tight.pt", sim_header="tightTransf")
     out = tmp_path / "index"
@@ -260,7 +252,7 @@ def test_tight_transf_ranks_with_the_cross_encoder(clips, tmp_path, clip4clip_lo
 def test_load_model_api(trained, folder_index, clips):
     from clip4clip_dali.api import load_model
     from clip4clip_dali.errors import UserError
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     model = load_model(trained)
     assert model.device.type == ("cuda" if torch.cuda.is_available() else "cpu")
@@ -281,7 +273,7 @@ def test_load_model_api(trained, folder_index, clips):
 
 
 def test_index_under_torchrun_two_ranks(trained, folder_index, clips, tmp_path):
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     out = tmp_path / "index2"
     p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
@@ -300,9 +292,10 @@ def test_index_and_search_on_the_gpu_match_the_cpu(clips, tmp_path):
     """On a GPU the model runs there and DALI decodes with NVDEC what it can (the small VP9
     clips below NVDEC's minimum go to the reference loader): the vectors match the CPU's."""
     from clip4clip_dali import distributed as D
-    from clip4clip_dali.indexer import build_index, folder_candidates
+    from clip4clip_dali.archive.indexer import build_index, folder_candidates
     from clip4clip_dali.runsetup import checkpoint_config
-    from clip4clip_dali.video_index import Searcher, VideoIndex
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     ckpt = save_untrained(tmp_path / "m.pt")
     cfg = checkpoint_config(ckpt)
@@ -315,6 +308,33 @@ def test_index_and_search_on_the_gpu_match_the_cpu(clips, tmp_path):
     assert [r.path for r in cpu.records] == [r.path for r in gpu.records]
     assert (a * b).sum(1).min() > 0.99
     searcher = Searcher.open(tmp_path / "gpu", device="cuda")
-    assert searcher.embeddings.device.type == "cuda"
+    assert searcher.model.device.type == "cuda"
     hits = searcher.search(["a red circle moves to the left"], 5)[0]
     assert [h["rank"] for h in hits] == [1, 2, 3, 4, 5]
+
+
+def test_bad_arguments_are_refused_before_any_work(tmp_path):
+    """index and search arguments: a message naming the argument and the fix."""
+    from clip4clip_dali.archive import index as index_cli
+    from clip4clip_dali.archive import search as search_cli
+    from clip4clip_dali.errors import UserError
+
+    latin1 = tmp_path / "queries.txt"
+    latin1.write_bytes("a red circle\ncaf\xe9 au lait\n".encode("latin-1"))
+    with pytest.raises(UserError, match=r"--queries .*line 2 is not UTF-8.*save the file as UTF-8"):
+        search_cli.main(["--index", str(tmp_path), "--queries", str(latin1)])
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffa red circle\n".encode("utf-8"))
+    assert search_cli.read_queries(str(bom)) == ["a red circle"]
+    for argv, message in ((["--index", str(tmp_path), "q", "--top-k", "0"], "--top-k"),
+                          (["--index", str(tmp_path), "q", "--rerank", "0"], "--rerank"),
+                          (["--index", str(tmp_path), "q", "--device", "cuda:7"], "--device cuda:7")):
+        if "cuda" in message and torch.cuda.device_count() > 7:
+            continue
+        with pytest.raises(UserError, match=message):
+            search_cli.main(argv)
+    for argv, message in ((["--videos", str(tmp_path)], "--out INDEX_DIR is required"),
+                          (["--videos", str(tmp_path), "--out", str(tmp_path / "o"),
+                            "--flush-every", "0"], "--flush-every must be at least 1")):
+        with pytest.raises(UserError, match=message):
+            index_cli.main(argv)

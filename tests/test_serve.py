@@ -83,24 +83,25 @@ def listening_addresses(port: int) -> set[str]:
 
 
 def test_files_only_from_the_collection_and_clear_errors(server, folder_index):
-    from clip4clip_dali.video_index import VideoIndex
+    from clip4clip_dali.archive.video_index import VideoIndex
 
     url, port, _ = server
     if Path("/proc/net/tcp").exists():
         assert listening_addresses(port) == {"0100007F"}, "serve must bind 127.0.0.1 only"
     index = VideoIndex(folder_index)
-    status, body = raw_get(port, "/video/0")
+    first = index.records[0].rid
+    status, body = raw_get(port, f"/video/{first}")
     assert status == 200 and body == (index.root / index.records[0].path).read_bytes()
-    status, body = raw_get(port, "/video/0", {"Range": "bytes=0-99"})
+    status, body = raw_get(port, f"/video/{first}", {"Range": "bytes=0-99"})
     assert status == 206 and len(body) == 100
-    status, body = raw_get(port, "/thumb/0")
+    status, body = raw_get(port, f"/thumb/{first}")
     assert status == 200 and body[:2] == b"\xff\xd8"  # a JPEG
     secret = folder_index.parent / "secret.txt"
     secret.write_text("root:x:0:0 do not serve me")
     for path in ("/video/../../../../etc/passwd", "/video/%2e%2e%2f%2e%2e%2fetc%2fpasswd",
                  "/video/..%2fsecret.txt", "/thumb/../index.json", "/thumb/..%2f..%2fsecret.txt",
                  "/static/../serve.py", "/static/%2e%2e/serve.py", "/static/..%2f..%2fsecret.txt",
-                 "/../../../../etc/passwd", "/video/12", "/video/-1", "/video/99999999999",
+                 "/../../../../etc/passwd", "/video/0", "/video/9999", "/video/-1", "/video/99999999999",
                  f"/video/{folder_index.parent}/secret.txt", "/secret.txt"):
         status, body = raw_get(port, path)
         assert status in (400, 404), (path, status)
@@ -153,8 +154,9 @@ def test_search_page_in_headless_chromium(server, folder_index, tmp_path):
         assert len(thumbs) == 12 and all(w > 16 and h > 16 for w, h in thumbs)
         scores = [float(c.find_element(By.CLASS_NAME, "score").text) for c in cards]
         assert scores == sorted(scores, reverse=True)
-        ids = {r["id"] for r in __import__("json").loads(
-            (folder_index / "index.json").read_text())["videos"]}
+        from clip4clip_dali.archive.video_index import VideoIndex
+
+        ids = {r.id for r in VideoIndex(folder_index).records}
         assert all(c.find_element(By.CLASS_NAME, "id").text in ids for c in cards)
         assert "best matches" in driver.find_element(By.ID, "status").text
         cards[0].click()  # the clip plays in the page
@@ -162,7 +164,7 @@ def test_search_page_in_headless_chromium(server, folder_index, tmp_path):
             "const v = document.getElementById('clip');"
             "return v.readyState >= 2 && v.currentTime > 0 && v.videoWidth > 0"))
         src = driver.execute_script("return document.getElementById('clip').src")
-        assert src.endswith(f"/video/{cards[0].get_attribute('data-row')}")
+        assert src.endswith(f"/video/{cards[0].get_attribute('data-rid')}")
         driver.save_screenshot(str(tmp_path / "search_page.png"))
         if os.environ.get("CLIP4CLIP_SCREENSHOT"):
             shutil.copy(tmp_path / "search_page.png", os.environ["CLIP4CLIP_SCREENSHOT"])
@@ -174,3 +176,76 @@ def test_search_page_in_headless_chromium(server, folder_index, tmp_path):
         assert "Type a few words" in status and "Traceback" not in driver.page_source
     finally:
         driver.quit()
+
+
+def test_only_the_served_host_and_hardening_headers(server):
+    _, port, _ = server
+    for host in ("evil.example", "evil.example:%d" % port, "127.0.0.2:%d" % port):
+        status, body = raw_get(port, "/", {"Host": host})
+        assert status == 421 and b"answers for" in body, host
+        status, _ = raw_get(port, "/api/search?q=red", {"Host": host})
+        assert status == 421
+    for host in (f"127.0.0.1:{port}", f"localhost:{port}"):
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn.request("GET", "/", headers={"Host": host})
+        r = conn.getresponse()
+        r.read()
+        conn.close()
+        assert r.status == 200, host
+        csp = r.getheader("Content-Security-Policy")
+        assert "default-src 'self'" in csp and "frame-ancestors 'none'" in csp
+        assert r.getheader("X-Content-Type-Options") == "nosniff"
+        assert r.getheader("X-Frame-Options") == "DENY"
+        assert r.getheader("Referrer-Policy") == "no-referrer"
+        server_header = (r.getheader("Server") or "").lower()
+        assert "python" not in server_header and "waitress" not in server_header
+        assert "werkzeug" not in server_header
+
+
+def test_a_replaced_clip_is_never_served(clips, tmp_path):
+    """A clip replaced after indexing (by a symlink to a secret, or by other bytes) is refused;
+    the collection's own clips are served while they are what was indexed."""
+    from types import SimpleNamespace
+
+    from search_fixtures import save_untrained
+
+    from clip4clip_dali.archive.indexer import build_index, folder_candidates
+    from clip4clip_dali.archive.serve import create_app
+    from clip4clip_dali.archive.video_index import VideoIndex
+    from clip4clip_dali.runsetup import checkpoint_config
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for f in sorted((clips / "videos").glob("*.webm"))[:3]:
+        shutil.copy(f, videos / f.name)
+    ckpt = save_untrained(tmp_path / "m.pt")
+    root, cands = folder_candidates(videos)
+    build_index(tmp_path / "index", ckpt, checkpoint_config(ckpt), root, cands,
+                show_progress=False)
+    index = VideoIndex(tmp_path / "index")
+    app = create_app(SimpleNamespace(index=index, score_kind="cosine"), {"localhost"})
+    client = app.test_client()
+    a, b, c = index.records
+    assert client.get(f"/video/{a.rid}").status_code == 200
+    secret = tmp_path / "secret.txt"
+    secret.write_text("root:x:0:0 do not serve me")
+    (root / a.path).unlink()
+    os.symlink(secret, root / a.path)          # a link out of the collection
+    r = client.get(f"/video/{a.rid}")
+    assert r.status_code == 404 and b"root:" not in r.data
+    (root / b.path).write_bytes(b"other bytes")  # same path, other content
+    assert client.get(f"/video/{b.rid}").status_code == 404
+    assert client.get(f"/video/{c.rid}", headers={"Host": "evil"}).status_code == 421
+    assert client.get(f"/video/{c.rid}").status_code == 200
+
+
+def test_bad_arguments_are_one_line(tmp_path):
+    for args, message in ((["--port", "99999"], "--port 99999 is not a port"),
+                          (["--port", "0"], "--port 0 is not a port"),
+                          (["--host", "not an address"], "--host not an address"),
+                          (["--threads", "0"], "--threads")):
+        p = subprocess.run([sys.executable, "-m", "clip4clip_dali.serve", "--index",
+                            str(tmp_path), *args], cwd=REPO, env=env(), capture_output=True,
+                           text=True, timeout=120)
+        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1

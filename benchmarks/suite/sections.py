@@ -13,12 +13,13 @@ A section is a module with:
 """
 from __future__ import annotations
 
-from . import decoders_section, loader_section, step_section, train_section
+from . import decoders_section, loader_section, search_section, step_section, train_section
 
 SECTIONS = [
     loader_section,
     step_section,
     train_section,
     decoders_section,
+    search_section,
 ]
 BY_NAME = {s.NAME: s for s in SECTIONS}

@@ -26,7 +26,7 @@ function play(hit) {
   player.hidden = false;
   playing.textContent = `#${hit.rank} ${hit.id} (${hit.name}, ${hit.duration.toFixed(1)} s)`;
   clip.src = hit.video;
-  clip.dataset.row = hit.row;
+  clip.dataset.rid = hit.rid;
   clip.play().catch(() => {});
   player.scrollIntoView({behavior: "smooth", block: "nearest"});
 }
@@ -43,7 +43,7 @@ clip.addEventListener("error", () => {
 function card(hit) {
   const c = el("article", "card");
   c.tabIndex = 0;
-  c.dataset.row = hit.row;
+  c.dataset.rid = hit.rid;
   if (hit.thumb) {
     const img = el("img", "thumb");
     img.src = hit.thumb;

@@ -27,10 +27,10 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from .config import Config
-from .errors import UserError
-from .retrieval import autocast_context
-from .runsetup import checkpoint_config, model_from_checkpoint
+from ..config import Config
+from ..errors import UserError
+from ..retrieval import autocast_context
+from ..runsetup import checkpoint_config, model_from_checkpoint
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -49,7 +49,7 @@ class EncodedFrames:
 def probe_videos(paths: Sequence[str | Path]) -> list:
     """Manifest ``VideoInfo`` of each file (frame count, rate, size, codec; ``error`` set on a
     file that cannot be read), probed in threads, no cache."""
-    from .data.manifest import load_manifest
+    from ..data.manifest import load_manifest
 
     found = load_manifest({str(i): p for i, p in enumerate(paths)}, cache_path=None)
     return [found[str(i)] for i in range(len(paths))]
@@ -58,7 +58,7 @@ def probe_videos(paths: Sequence[str | Path]) -> list:
 def backend_groups(cfg: Config, infos: Sequence, device: torch.device) -> dict[str, list[int]]:
     """Positions of the videos each loader reads: ``dali`` where DALI decodes the video on
     ``device`` (and ``data.loader`` is not ``reference``), ``reference`` for the rest."""
-    from .data.dali_loader import dali_import_error, decoder_device, unsupported_reason
+    from ..data.dali_loader import dali_import_error, decoder_device, unsupported_reason
 
     everything = list(range(len(infos)))
     if cfg.data.loader == "reference" or dali_import_error() is not None:
@@ -73,8 +73,8 @@ def backend_groups(cfg: Config, infos: Sequence, device: torch.device) -> dict[s
 
 def _loader(cfg: Config, backend: str, infos: Sequence, positions: list[int],
             device: torch.device, batch_size: int):
-    from .data.loader import build_loader
-    from .data.msvd import MSVDSplit
+    from ..data.loader import build_loader
+    from ..data.msvd import MSVDSplit
 
     split = MSVDSplit("videos", [str(p) for p in positions],
                       [Path(infos[p].path) for p in positions], [infos[p] for p in positions],
@@ -107,7 +107,7 @@ class VideoTextModel:
     def encode_text(self, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
         """(N, D) float32 on the model's device: L2-normalised text embeddings (loose heads) or
         the EOT features the tightTransf cross encoder takes."""
-        from .data.text import Tokenizer
+        from ..data.text import Tokenizer
 
         if isinstance(texts, str):
             raise TypeError("encode_text takes a list of strings, not one string")

@@ -1,0 +1,115 @@
+"""What to index: the video files of a folder or of a dataset split, as they are now.
+
+The file system as users have it: names that are not valid UTF-8, links that point back up
+the tree, files that vanish between listing and reading each get one warning and are left
+out; they never stop the listing or make a video appear twice.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..config import Config
+from ..errors import UserError
+
+log = logging.getLogger("clip4clip_dali")
+
+
+@dataclass
+class Candidate:
+    """A file of the collection: its id, its path relative to the root, size and mtime."""
+
+    id: str
+    path: str
+    size: int
+    mtime_ns: int
+
+
+def _walk(root: Path, exts: set[str]) -> list[str]:
+    """Relative POSIX paths of the video files under ``root``; each real folder is entered
+    once (a link back up the tree is reported, not followed again)."""
+    rels: list[str] = []
+    seen: set[tuple[int, int]] = set()
+    stack = [root]
+    while stack:
+        folder = stack.pop()
+        try:
+            st = folder.stat()
+            entries = sorted(os.scandir(folder), key=lambda e: e.name)
+        except OSError as e:
+            log.warning("skipping folder %s: %s", folder, e.strerror or e)
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            log.warning("skipping %s: a link to a folder already listed (a loop or a second "
+                        "way in)", folder)
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        for e in entries:
+            if e.name.startswith("."):
+                continue
+            path = Path(e.path)
+            try:
+                e.name.encode("utf-8")
+            except UnicodeEncodeError:
+                log.warning("skipping %r: its name is not valid UTF-8 (rename it to index it)",
+                            os.fsencode(path))
+                continue
+            try:
+                is_dir = e.is_dir()  # follows links
+            except OSError as err:
+                log.warning("skipping %s: %s", path, err.strerror or err)
+                continue
+            if is_dir:
+                stack.append(path)
+            elif Path(e.name).suffix.lower() in exts:
+                rels.append(path.relative_to(root).as_posix())
+    return sorted(rels)
+
+
+def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
+    """Every video file under ``videos`` (any container FFmpeg knows by its extension, any
+    sub-folder). The id is the path without its extension (with it when two files differ only
+    by extension)."""
+    from ..data.msvd import VIDEO_EXTENSIONS
+
+    root = Path(videos).resolve()
+    if not root.is_dir():
+        raise UserError(f"--videos {videos}: no such folder; pass the folder that holds the "
+                        f"videos to index.")
+    rels = _walk(root, set(VIDEO_EXTENSIONS))
+    stem = {r: r.rsplit(".", 1)[0] for r in rels}
+    clashes = Counter(stem.values())
+    out = [_candidate(root, r, stem[r] if clashes[stem[r]] == 1 else r) for r in rels]
+    if not out:
+        raise UserError(f"no video files under {root} (looked for "
+                        f"{', '.join(sorted(VIDEO_EXTENSIONS))}); nothing to index.")
+    return root, [c for c in out if c is not None]
+
+
+def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
+    """The videos of a split of the config's dataset (any layout), relative to the deepest
+    folder that holds them all (a JSONL file's videos need not lie under data.features_path)."""
+    from ..data.dataset import load_split
+
+    s = load_split(cfg.data, split, probe=False)
+    paths = [Path(p).resolve() for p in s.video_paths]
+    root = Path(os.path.commonpath([p.parent for p in paths])) if paths else \
+        Path(cfg.data.features_path).resolve()
+    out = [_candidate(root, p.relative_to(root).as_posix(), vid)
+           for vid, p in zip(s.video_ids, paths)]
+    return root, [c for c in out if c is not None]
+
+
+def _candidate(root: Path, rel: str, vid: str) -> Candidate | None:
+    try:
+        st = (root / rel).stat()
+    except OSError as e:
+        log.warning("skipping %s: %s", root / rel, e.strerror or e)
+        return None
+    if not os.path.isfile(root / rel):
+        log.warning("skipping %s: not a regular file", root / rel)
+        return None
+    return Candidate(vid, rel, st.st_size, st.st_mtime_ns)
