@@ -211,11 +211,8 @@ def test_held_out_splits_are_honest_and_distinct():
 def test_one_frame_shows_the_direction_and_the_centre_crop_holds_the_object():
     """The trail lies behind the object (a frame average, meanP, sees the direction) and every
     object pixel is inside the frame's central square (what the centre crop keeps)."""
-    specs = synthetic._plan(np.random.default_rng(5), 24, 1.0, 1.5)
-    checked = 0
-    for spec in specs:
-        if len(spec.objects) != 1:
-            continue
+    specs = synthetic._plan(np.random.default_rng(5), 12, 1.0, 1.5)
+    for spec in specs:  # 1-3 alike objects moving together
         obj = spec.objects[0]
         frames = list(synthetic.render_frames(spec))
         img = frames[len(frames) * 2 // 3].astype(np.int16)
@@ -235,5 +232,4 @@ def test_one_frame_shows_the_direction_and_the_centre_crop_holds_the_object():
             ys, xs = np.nonzero(np.abs(f.astype(np.int16) - bg).max(-1) > 8)
             assert xs.min() >= x0 and xs.max() < x0 + side, spec.video_id
             assert ys.min() >= y0 and ys.max() < y0 + side, spec.video_id
-        checked += 1
-    assert checked >= 12
+    assert {len(s.objects) for s in specs} == {1, 2, 3}

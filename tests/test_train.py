@@ -247,7 +247,9 @@ def test_demo_end_to_end_small(tmp_path):
     # it ends with the test split indexed and one search printed
     assert "right video first:" in p.stdout and (out / "index" / "index.json").is_file()
     search = summary["search"]
-    assert len(search["hits"]) == 3 and search["top1"] * 100 == pytest.approx(after["R1"], abs=1.0)
+    # the index keeps float16 vectors: a near tie may flip a caption or two
+    flip = 2 * 100 / summary["test"]["captions"]
+    assert len(search["hits"]) == 3 and search["top1"] * 100 == pytest.approx(after["R1"], abs=flip)
 
 
 @pytest.mark.parametrize("prepared", [True, False], ids=["prepared-vp9-dali", "raw-h264-auto"])
