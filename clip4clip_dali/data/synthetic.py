@@ -8,13 +8,16 @@ Layout written (the one CLIP4Clip's MSVD loader reads):
     DIR/raw-captions.pkl               {video_id: [caption tokens, ...]}, each caption a list of str
     DIR/synthetic.json                 per-video attributes, fps, frame count, size (for tests)
 
-Each clip shows one or two coloured shapes moving across a plain background in a straight line
-from one side to the other, so colour, shape and direction are visible in any two frames. The
-3-5 captions per clip name exactly those attributes in varied wording; the (colour, shape,
-direction) of the first object is unique across clips while the combinations last (6 x 5 x 4 =
-120). Frame sizes (landscape and portrait, even), frame rates (including 30000/1001 and MSVD's
-359/12) and lengths vary. Everything is drawn with numpy from a seeded generator and encoded with
-one encoder thread and bit-exact muxing, so a seed gives the same bytes again.
+Each clip shows one to three alike shapes (one colour, one shape) moving side by side across a
+plain background in a straight line, inside the frame's central square (what CLIP's centre crop
+keeps), each leaving a fading trail so that one frame shows the direction. The 3-5 captions per
+clip name the number, colour, shape, direction and background in varied wording. The (colour,
+shape, direction) of the objects is unique across clips while the combinations last (6 x 5 x 4 =
+120); val and test each take clips whose combinations differ (at most 60 and 120 clips), and no
+val or test caption is also a train caption. Frame sizes (landscape and portrait, even), frame
+rates (including 30000/1001 and MSVD's 359/12) and lengths vary. Everything is drawn with numpy
+from a seeded generator and each clip encoded with one encoder thread and bit-exact muxing, so a
+seed gives the same bytes again.
 Encoding is set for cheap decoding: short GOP (``GOP``), no B-frames/alt-ref, yuv420p (yuvj420p
 for MJPEG). DALI's CPU decoder reads the VP9 and MJPEG clips; H.264 needs NVDEC or PyAV.
 """
