@@ -280,7 +280,7 @@ def _plan(rng: np.random.Generator, videos: int, min_seconds: float, max_seconds
         frames = max(2, int(round(seconds * fps)))
         background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
         count = 1 + int(rng.integers(3))  # 1-3 alike objects side by side, moving together
-        r = max(3, int(min(w, h) * rng.uniform(0.14, 0.18) * (1.0, 0.8, 0.65)[count - 1]))
+        r = max(3, int(min(w, h) * rng.uniform(0.11, 0.13)))  # alike sizes: area grows with count
         lanes = (np.arange(count) + 0.5) / count + rng.uniform(-0.25, 0.25) / count
         objects = [ObjectSpec(colour, shape, direction, r, float(np.clip(lane, 0.0, 1.0)))
                    for lane in lanes]
