@@ -71,6 +71,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     t_start = time.perf_counter()
     tc = cfg.train
     _check_batch(cfg, info)
+    resume_path = resolve_resume(cfg, resume)  # a bad --resume fails before any data work
     out = Path(tc.output_dir)
     if info.is_main:
         out.mkdir(parents=True, exist_ok=True)
@@ -129,7 +130,6 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     peak = peak_flops(info.device)
     trainer = Trainer(cfg, info, model, train_model, optimizer, scheduler, scaler, loader,
                       val_split, None, total_steps, val_loader=val_loader)
-    resume_path = resolve_resume(cfg, resume)
     if resume_path is not None:
         obj = ckpt.load_for_resume(resume_path, map_location=info.device)
         _warn_config_change(obj.get("config") or {}, cfg.to_dict())
