@@ -141,13 +141,14 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                       start_step=trainer.state.step, curves_every_s=CURVES_EVERY_S)
     trainer.tracker = tracker
     # The test split's recall before the first step, beside the final one in the summary (for
-    # CLIP weights, the zero-shot baseline). Its loader is kept for the final evaluation.
+    # CLIP weights, the zero-shot baseline); not for runs cut short by max_steps (benchmarks,
+    # smoke runs). Its loader is kept for the final evaluation.
     test_split = test_loader = before = None
     if cfg.eval.test_at_end:
         test_split = load_split(cfg.data, cfg.data.test_split)
         if not (test_split.num_videos and len(test_split.captions)):
             test_split = None
-    if test_split is not None and trainer.state.step == 0:
+    if test_split is not None and trainer.state.step == 0 and not tc.max_steps:
         test_loader = build_split_loader(cfg, test_split, "eval", info)
         before = evaluate_split(model, cfg, test_split, info, loader=test_loader)
         if info.is_main:
