@@ -143,8 +143,10 @@ def test_accumulation_and_fp16_modes_run(tiny_data, tmp_path):
     out = tmp_path / "acc"
     check(run_train(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
                               "train.precision=amp_fp16", "train.max_steps=2",
-                              "train.eval_every_epoch=false")))
+                              "train.eval_every_epoch=false", "eval.test_at_end=true")))
     assert len(losses(out)) == 2
+    # a run cut by max_steps is tested at the end, not before training
+    assert (out / "eval_test.json").is_file() and not (out / "eval_test_before.json").exists()
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
