@@ -66,10 +66,7 @@ def _last_run(records: list[dict], key: str) -> list[dict]:
 
 
 def _import_matplotlib():
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg", force=False)
+    try:  # the Figure API draws without pyplot, so no backend is chosen for the process
         from matplotlib.figure import Figure
     except ImportError:
         return None
