@@ -218,19 +218,26 @@ class Trainer:
         return loss_val, gn, True, bool(stop)
 
     # ------------------------------------------------------------------------ evaluation
-    def evaluate(self, tag_epoch: int) -> dict | None:
+    def evaluate(self, tag_epoch: int, before: bool = False) -> dict | None:
+        """Evaluate on val after epoch ``tag_epoch``, or with ``before`` the weights training
+        starts from (the baseline: zero-shot for CLIP weights; never kept as best.pt)."""
         if self.val_split is None:
             return None
         res = evaluate_split(self.model, self.cfg, self.val_split, self.info,
                              loader=self.val_loader)
         r1 = res["plain"]["t2v"]["R1"]
-        self.state.history.append({"epoch": tag_epoch, "step": self.state.step,
-                                   "val_t2v_R1": r1})
+        done = 0 if before else tag_epoch + 1
+        self.state.history.append({"epoch": tag_epoch, "epochs_done": done,
+                                   "step": self.state.step, "val_t2v_R1": r1})
         if self.info.is_main:
-            self.tracker.eval(step=self.state.step, epoch=tag_epoch, split=self.val_split.name,
-                              results=res, seconds=res["seconds"])
-            print_results(res, f"{self.val_split.name} (epoch {tag_epoch})")
-            write_results(res, self.out, f"eval_{self.val_split.name}_epoch{tag_epoch}.json")
+            name = self.val_split.name
+            self.tracker.eval(step=self.state.step, epoch=tag_epoch, split=name,
+                              results=res, seconds=res["seconds"], epochs_done=done)
+            print_results(res, f"{name} (before training)" if before else f"{name} (epoch {tag_epoch})")
+            write_results(res, self.out, f"eval_{name}_before.json" if before
+                          else f"eval_{name}_epoch{tag_epoch}.json")
+        if before:
+            return res
         if r1 > self.state.best_metric:
             self.state.best_metric, self.state.best_epoch = r1, tag_epoch
             if ckpt.all_finite(self.model) and self.info.is_main:
@@ -246,6 +253,8 @@ class Trainer:
         cfg = self.cfg.train
         st = self.state
         guard = SignalGuard()
+        if st.step == 0 and cfg.eval_every_epoch:
+            self.evaluate(0, before=True)
         with guard:
             while st.epoch < cfg.epochs:
                 if cfg.max_steps and st.step >= cfg.max_steps:

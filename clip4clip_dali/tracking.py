@@ -1,7 +1,9 @@
-"""Training telemetry: a rich progress bar, a JSONL metrics file, optional TensorBoard, MFU.
+"""Training telemetry: a rich progress bar, a JSONL metrics file, optional TensorBoard, MFU, and
+``curves.png`` (``clip4clip_dali.plot``).
 
 Only rank 0 writes. The JSONL file (``<output_dir>/metrics.jsonl``) gets one object per logged
-step (``kind: "train"``) and per evaluation (``kind: "eval"``). Named ``tracking`` rather than
+step (``kind: "train"``) and per evaluation (``kind: "eval"``, with ``epochs_done``: 0 for the
+evaluation before training). Named ``tracking`` rather than
 ``logging`` so it never shadows the standard library module.
 """
 from __future__ import annotations
@@ -82,8 +84,12 @@ class Tracker:
 
     def __init__(self, output_dir: str | Path, enabled: bool, total_steps: int,
                  flops_per_sample: float | None, peak: float | None, frames_per_sample: int,
-                 log_every: int = 10, use_progress: bool | None = None, start_step: int = 0):
+                 log_every: int = 10, use_progress: bool | None = None, start_step: int = 0,
+                 curves_every_s: float = 0.0):
         self.enabled = enabled
+        # Drawing costs ~0.3 s of CPU: runs with quick epochs (the demo) draw at most this often.
+        self.curves_every_s = curves_every_s
+        self._curves_at = None
         self.output_dir = Path(output_dir)
         self.flops_per_sample = flops_per_sample
         self.peak = peak
@@ -170,9 +176,26 @@ class Tracker:
         else:
             log.info("step %d/%d epoch %d %s", step, self.total_steps, epoch, info)
 
-    def eval(self, *, step: int, epoch: int, split: str, results: dict, seconds: float) -> None:
+    def eval(self, *, step: int, epoch: int, split: str, results: dict, seconds: float,
+             epochs_done: int | None = None) -> None:
+        done = epoch + 1 if epochs_done is None else epochs_done
         self.write({"kind": "eval", "time": time.time(), "step": step, "epoch": epoch,
-                    "split": split, "seconds": seconds, **results})
+                    "epochs_done": done, "split": split, "seconds": seconds, **results})
+        self.curves()
+
+    def curves(self, final: bool = False) -> Path | None:
+        """(Re)draw ``curves.png`` from metrics.jsonl; between evaluations closer than
+        ``curves_every_s`` only the final call draws."""
+        if not self.enabled or self._jsonl is None:
+            return None
+        now = time.perf_counter()
+        if not final and self._curves_at is not None and now - self._curves_at < self.curves_every_s:
+            return None
+        from .plot import write_run_curves
+
+        self._jsonl.flush()
+        self._curves_at = now
+        return write_run_curves(self.output_dir)
 
     def print(self, renderable) -> None:
         if not self.enabled:
@@ -185,6 +208,7 @@ class Tracker:
             Console(stderr=False).print(renderable)
 
     def close(self) -> None:
+        self.curves(final=True)
         if self._progress is not None:
             self._progress.stop()
             self._progress = None

@@ -6,7 +6,9 @@
 The global batch is ``train.batch_size`` whatever the number of processes. Each epoch ends with
 an evaluation on the val split (``best.pt`` keeps the best text-to-video R@1); at the end the
 best weights are evaluated on the test split. Outputs in ``train.output_dir``: ``latest.pt``
-(full state, atomic), ``best.pt`` (weights), ``metrics.jsonl``, ``eval_*.json``, ``config.yaml``.
+(full state, atomic), ``best.pt`` (weights), ``metrics.jsonl``, ``eval_*.json`` (``*_before.json``:
+the weights training starts from), ``summary.json`` (final recall beside the one before
+training), ``curves.png`` (``python -m clip4clip_dali.plot``), ``config.yaml``.
 """
 from __future__ import annotations
 
@@ -31,6 +33,7 @@ from .runsetup import (build_model, build_split_loader, output_folder, prepare_d
                        seed_everything, setup_logging)
 
 log = logging.getLogger("clip4clip_dali")
+CURVES_EVERY_S = 20.0  # curves.png at each evaluation, at most this often (and at the end)
 
 
 def _check_batch(cfg: Config, info: D.DistInfo) -> None:
@@ -68,6 +71,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     t_start = time.perf_counter()
     tc = cfg.train
     _check_batch(cfg, info)
+    resume_path = resolve_resume(cfg, resume)  # a bad --resume fails before any data work
     out = Path(tc.output_dir)
     if info.is_main:
         output_folder(out)
@@ -126,7 +130,6 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     peak = peak_flops(info.device)
     trainer = Trainer(cfg, info, model, train_model, optimizer, scheduler, scaler, loader,
                       val_split, None, total_steps, val_loader=val_loader)
-    resume_path = resolve_resume(cfg, resume)
     if resume_path is not None:
         obj = ckpt.load_for_resume(resume_path, map_location=info.device)
         _warn_config_change(obj.get("config") or {}, cfg.to_dict())
@@ -135,8 +138,22 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                  trainer.state.epoch, trainer.state.step, trainer.state.batch_in_epoch)
     tracker = Tracker(out, info.is_main, total_steps, fl, peak,
                       frames_per_sample=cfg.data.max_frames, log_every=tc.log_every,
-                      start_step=trainer.state.step)
+                      start_step=trainer.state.step, curves_every_s=CURVES_EVERY_S)
     trainer.tracker = tracker
+    # The test split's recall before the first step, beside the final one in the summary (for
+    # CLIP weights, the zero-shot baseline); not for runs cut short by max_steps (benchmarks,
+    # smoke runs). Its loader is kept for the final evaluation.
+    test_split = test_loader = before = None
+    if cfg.eval.test_at_end:
+        test_split = load_split(cfg.data, cfg.data.test_split)
+        if not (test_split.num_videos and len(test_split.captions)):
+            test_split = None
+    if test_split is not None and trainer.state.step == 0 and not tc.max_steps:
+        test_loader = build_split_loader(cfg, test_split, "eval", info)
+        before = evaluate_split(model, cfg, test_split, info, loader=test_loader)
+        if info.is_main:
+            print_results(before, f"{test_split.name} (before training)")
+            write_results(before, out, f"eval_{test_split.name}_before.json")
     n_params = sum(p.numel() for p in model.parameters())
     n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
     log.info("%s on %s (%d process(es)), loader %s, %d steps/epoch, %d steps, %.1fM params "
@@ -155,29 +172,41 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
                # samples left out: unreadable shards/members (shards.py), undecodable videos
                "skipped_samples": len(getattr(train_split, "skipped", ()))
                + len(getattr(loader, "bad_videos", ()))}
-    if status == "done" and cfg.eval.test_at_end:
-        test_split = load_split(cfg.data, cfg.data.test_split)
-        if test_split.num_videos and len(test_split.captions):
-            best = out / "best.pt"
-            if best.is_file():
-                ckpt.load_model_weights(model, best)
-            res = evaluate_split(model, cfg, test_split, info)
-            res["checkpoint"] = str(best) if best.is_file() else "final weights"
-            summary["test"] = res
-            if info.is_main:
-                print_results(res, f"{test_split.name} ({res['checkpoint']})")
-                write_results(res, out, f"eval_{test_split.name}.json")
-                chance = 100.0 / max(res["videos"], 1)
-                log.info("test t2v R@1 %.1f (chance %.1f), v2t R@1 %.1f",
-                         res["plain"]["t2v"]["R1"], chance, res["plain"]["v2t"]["R1"])
-            if cfg.eval.index_test_split:
-                from .demo_search import index_and_search
+    if before is not None:
+        summary["test_before"] = before
+    if status == "done" and test_split is not None:
+        best = out / "best.pt"
+        if best.is_file():
+            ckpt.load_model_weights(model, best)
+        res = evaluate_split(model, cfg, test_split, info, loader=test_loader)
+        res["checkpoint"] = str(best) if best.is_file() else "final weights"
+        summary["test"] = res
+        if info.is_main:
+            print_results(res, f"{test_split.name} ({res['checkpoint']})")
+            write_results(res, out, f"eval_{test_split.name}.json")
+            log.info("%s", recall_line(test_split.name, res, before))
+        if cfg.eval.index_test_split:
+            from .demo_search import index_and_search
 
-                summary["search"] = index_and_search(cfg, test_split.name, info)
+            summary["search"] = index_and_search(cfg, test_split.name, info)
     summary["seconds"] = round(time.perf_counter() - t_start, 2)
     if info.is_main:
         write_results({k: v for k, v in summary.items() if k != "losses"}, out, "summary.json")
+        if (out / "curves.png").is_file():
+            print(f"Curves (loss, learning rate, val R@1, frames/s, data wait): "
+                  f"{out / 'curves.png'}", flush=True)
     return summary
+
+
+def recall_line(split: str, final: dict, before: dict | None) -> str:
+    """``test t2v R@1 48.0 (before training 1.0; chance 1.0), v2t R@1 ...``."""
+    chance = 100.0 / max(final["videos"], 1)
+    parts = []
+    for d in ("t2v", "v2t"):
+        r1 = final["plain"][d]["R1"]
+        was = f"before training {before['plain'][d]['R1']:.1f}; " if before else ""
+        parts.append(f"{d} R@1 {r1:.1f} ({was}chance {chance:.1f})")
+    return f"{split} " + ", ".join(parts) + f" over {final['videos']} videos"
 
 
 def _warn_config_change(old: dict, new: dict, prefix: str = "") -> None:

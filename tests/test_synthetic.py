@@ -190,3 +190,46 @@ def test_dali_cpu_decodes_every_frame(tmp_path, codec):
         with pytest.raises(RuntimeError):
             _dali_decode(path, [n])
         assert _dali_decode(path, [n], pad_mode="constant").max() == 0
+
+
+def test_held_out_splits_are_honest_and_distinct():
+    """No val/test caption is also a train caption; within val and within test the first
+    objects' (colour, shape, direction) differ, so each caption describes one video there.
+    150 videos: more than the 120 combinations, so train repeats those of val and test."""
+    specs = synthetic._plan(np.random.default_rng(7), 150, 1.0, 2.0)
+    split = synthetic._splits(np.random.default_rng(8), specs)
+    caps = synthetic._captions(np.random.default_rng(9), specs, split)
+    first = {s.video_id: s.objects[0] for s in specs}
+    train_texts = {" ".join(c) for v in split["train"] for c in caps[v]}
+    for name in ("val", "test"):
+        assert not train_texts & {" ".join(c) for v in split[name] for c in caps[v]}
+        combos = [(first[v].colour, first[v].shape, first[v].direction) for v in split[name]]
+        assert len(set(combos)) == len(combos) == {"val": 22, "test": 38}[name]
+    assert sorted(sum(split.values(), [])) == sorted(first)
+
+
+def test_one_frame_shows_the_direction_and_the_centre_crop_holds_the_object():
+    """The trail lies behind the object (a frame average, meanP, sees the direction) and every
+    object pixel is inside the frame's central square (what the centre crop keeps)."""
+    specs = synthetic._plan(np.random.default_rng(5), 12, 1.0, 1.5)
+    for spec in specs:  # 1-3 alike objects moving together
+        obj = spec.objects[0]
+        frames = list(synthetic.render_frames(spec))
+        img = frames[len(frames) * 2 // 3].astype(np.int16)
+        bg = np.array(synthetic.BACKGROUNDS[spec.background], np.int16)
+        rgb = np.array(COLOURS[obj.colour], np.int16)
+        solid = np.abs(img - rgb).max(-1) <= 1
+        ghost = (np.abs(img - bg).max(-1) > 8) & ~solid
+        assert solid.sum() > 10 and ghost.sum() > 10, spec.video_id
+        ys, xs = np.nonzero(solid)
+        gy, gx = np.nonzero(ghost)
+        ahead = {"left": gx.mean() - xs.mean(), "right": xs.mean() - gx.mean(),
+                 "up": gy.mean() - ys.mean(), "down": ys.mean() - gy.mean()}[obj.direction]
+        assert ahead > 1, (spec.video_id, obj)
+        side = min(spec.width, spec.height)
+        x0, y0 = (spec.width - side) // 2, (spec.height - side) // 2
+        for f in frames:
+            ys, xs = np.nonzero(np.abs(f.astype(np.int16) - bg).max(-1) > 8)
+            assert xs.min() >= x0 and xs.max() < x0 + side, spec.video_id
+            assert ys.min() >= y0 and ys.max() < y0 + side, spec.video_id
+    assert {len(s.objects) for s in specs} == {1, 2, 3}

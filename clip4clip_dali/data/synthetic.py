@@ -8,19 +8,23 @@ Layout written (the one CLIP4Clip's MSVD loader reads):
     DIR/raw-captions.pkl               {video_id: [caption tokens, ...]}, each caption a list of str
     DIR/synthetic.json                 per-video attributes, fps, frame count, size (for tests)
 
-Each clip shows one or two coloured shapes moving across a plain background in a straight line
-from one side to the other, so colour, shape and direction are visible in any two frames. The
-3-5 captions per clip name exactly those attributes in varied wording; the (colour, shape,
-direction) of the first object is unique across clips while the combinations last (6 x 5 x 4 =
-120). Frame sizes (landscape and portrait, even), frame rates (including 30000/1001 and MSVD's
-359/12) and lengths vary. Everything is drawn with numpy from a seeded generator and encoded with
-one encoder thread and bit-exact muxing, so a seed gives the same bytes again.
+Each clip shows one to three alike shapes (one colour, one shape) moving side by side across a
+plain background in a straight line, inside the frame's central square (what CLIP's centre crop
+keeps), each leaving a fading trail so that one frame shows the direction. The 3-5 captions per
+clip name the number, colour, shape, direction and background in varied wording. The (colour,
+shape, direction) of the objects is unique across clips while the combinations last (6 x 5 x 4 =
+120); val and test each take clips whose combinations differ (at most 60 and 120 clips), and no
+val or test caption is also a train caption. Frame sizes (landscape and portrait, even), frame
+rates (including 30000/1001 and MSVD's 359/12) and lengths vary. Everything is drawn with numpy
+from a seeded generator and each clip encoded with one encoder thread and bit-exact muxing, so a
+seed gives the same bytes again.
 Encoding is set for cheap decoding: short GOP (``GOP``), no B-frames/alt-ref, yuv420p (yuvj420p
 for MJPEG). DALI's CPU decoder reads the VP9 and MJPEG clips; H.264 needs NVDEC or PyAV.
 """
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import pickle
@@ -58,20 +62,22 @@ FRAME_RATES = (Fraction(25), Fraction(30000, 1001), Fraction(30), Fraction(24), 
                Fraction(24000, 1001), Fraction(12), Fraction(359, 12), Fraction(20))
 SIZES = ((96, 72), (112, 84), (128, 72), (80, 64), (64, 112), (72, 96), (64, 96), (96, 96))
 
-SHAPE_WORDS = {
-    "circle": ["circle", "ball", "disc", "round dot"],
-    "square": ["square", "box", "block"],
-    "triangle": ["triangle", "triangle shape"],
-    "diamond": ["diamond", "rhombus"],
-    "cross": ["cross", "plus sign"],
-}
+# One word a shape and two phrasings a direction: a model trained from scratch for a few
+# minutes grounds a word it sees often; the wording varies in the verbs and sentence forms.
+SHAPE_WORDS = {"circle": ["circle"], "square": ["square"], "triangle": ["triangle"],
+               "diamond": ["diamond"], "cross": ["cross"]}
 DIR_WORDS = {
-    "left": ["left", "to the left", "leftward", "towards the left"],
-    "right": ["right", "to the right", "rightward", "towards the right"],
-    "up": ["up", "upward", "to the top", "towards the top"],
-    "down": ["down", "downward", "to the bottom", "towards the bottom"],
+    "left": ["left", "to the left"],
+    "right": ["right", "to the right"],
+    "up": ["up", "upward"],
+    "down": ["down", "downward"],
 }
-VERBS = ["moves", "goes", "slides", "travels", "drifts", "is moving", "is going", "glides"]
+VERBS = [("moves", "move"), ("goes", "go"), ("slides", "slide"), ("travels", "travel"),
+         ("drifts", "drift"), ("is moving", "are moving"), ("is going", "are going"),
+         ("glides", "glide")]  # (one object, several)
+PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles",
+          "diamond": "diamonds", "cross": "crosses"}
+COUNT_WORDS = {2: "two", 3: "three"}
 
 
 @dataclass
@@ -118,33 +124,63 @@ def _shape_mask(shape: str, xx: np.ndarray, yy: np.ndarray, cx: float, cy: float
 
 
 def _position(obj: ObjectSpec, t: float, width: int, height: int) -> tuple[float, float]:
-    """Centre at progress t in [0, 1]: enters near one edge, leaves near the other."""
+    """Centre at progress t in [0, 1]: enters near one edge of the frame's central square (what
+    CLIP's centre crop keeps), leaves near the other."""
+    side = min(width, height)
+    x0, y0 = (width - side) / 2, (height - side) / 2
     r = obj.radius
+    a, b = r, side - 1 - r
+    along = a + (b - a) * (t if obj.direction in ("right", "down") else 1 - t)
+    across = r + (side - 1 - 2 * r) * obj.lane
     if obj.direction in ("left", "right"):
-        a, b = r, width - 1 - r
-        x = a + (b - a) * (t if obj.direction == "right" else 1 - t)
-        y = r + (height - 1 - 2 * r) * obj.lane
-    else:
-        a, b = r, height - 1 - r
-        y = a + (b - a) * (t if obj.direction == "down" else 1 - t)
-        x = r + (width - 1 - 2 * r) * obj.lane
-    return x, y
+        return x0 + along, y0 + across
+    return x0 + across, y0 + along
+
+
+TRAIL = tuple((0.05 * k, 0.7 - 0.1 * k) for k in range(6, 0, -1))  # (progress behind, opacity)
+
+
+@functools.lru_cache(maxsize=256)
+def _stencil(shape: str, r: int) -> np.ndarray:
+    """The shape's mask on a (2r+3)^2 grid centred on its middle pixel."""
+    k = r + 1
+    yy, xx = np.mgrid[-k:k + 1, -k:k + 1].astype(np.float32)
+    return _shape_mask(shape, xx, yy, 0.0, 0.0, r)
+
+
+def _stamp(img: np.ndarray, obj: ObjectSpec, cx: float, cy: float, colour: np.ndarray,
+           alpha: float = 1.0) -> None:
+    """Blend the object's shape centred at the pixel nearest (cx, cy) into ``img``."""
+    h, w = img.shape[:2]
+    m = _stencil(obj.shape, obj.radius)
+    k = obj.radius + 1
+    x, y = int(round(cx)) - k, int(round(cy)) - k
+    x0, y0, x1, y1 = max(0, x), max(0, y), min(w, x + m.shape[1]), min(h, y + m.shape[0])
+    if x0 >= x1 or y0 >= y1:
+        return
+    m = m[y0 - y:y1 - y, x0 - x:x1 - x]
+    box = img[y0:y1, x0:x1]
+    box[m] = colour if alpha >= 1 else (1 - alpha) * box[m] + alpha * colour
 
 
 def render_frames(spec: ClipSpec) -> Iterable[np.ndarray]:
-    """Yield the clip's frames, (H, W, 3) uint8 RGB."""
+    """Yield the clip's frames, (H, W, 3) uint8 RGB. Each object leaves a fading trail of
+    ghosts behind it, like motion blur, so one frame shows which way it moves (a model that
+    averages frames, meanP, cannot read the direction from their order)."""
     h, w = spec.height, spec.width
-    yy, xx = np.mgrid[0:h, 0:w].astype(np.float32)
-    bg = np.empty((h, w, 3), np.uint8)
+    bg = np.empty((h, w, 3), np.float32)
     bg[:] = BACKGROUNDS[spec.background]
     n = spec.frames
     for i in range(n):
         t = i / max(1, n - 1)
         img = bg.copy()
         for obj in spec.objects:
-            cx, cy = _position(obj, t, w, h)
-            img[_shape_mask(obj.shape, xx, yy, cx, cy, obj.radius)] = COLOURS[obj.colour]
-        yield img
+            colour = np.asarray(COLOURS[obj.colour], np.float32)
+            for behind, alpha in TRAIL:
+                if t - behind > 0:
+                    _stamp(img, obj, *_position(obj, t - behind, w, h), colour, alpha)
+            _stamp(img, obj, *_position(obj, t, w, h), colour)
+        yield img.round().astype(np.uint8)
 
 
 def write_video(path, frames: Iterable[np.ndarray], fps, codec: str = "vp9",
@@ -181,49 +217,50 @@ def _a(word: str) -> str:
     return f"an {word}" if word[0] in "aeiou" else f"a {word}"
 
 
-def _object_phrase(rng, obj: ObjectSpec, article: bool = True, relative: bool = True) -> str:
-    shape = SHAPE_WORDS[obj.shape][rng.integers(len(SHAPE_WORDS[obj.shape]))]
-    if article and relative and rng.integers(3) == 2:
-        return f"a {shape} that is {obj.colour}"
-    phrase = f"{obj.colour} {shape}"
-    return _a(phrase) if article else phrase
+def _objects_phrase(rng, objs: list) -> str:
+    """``a red circle`` / ``a circle that is red`` / ``one red circle`` / ``three red circles``."""
+    obj, n = objs[0], len(objs)
+    if n > 1:
+        return f"{COUNT_WORDS[n]} {obj.colour} {PLURAL[obj.shape]}"
+    form = rng.integers(3)
+    if form == 0:
+        return f"a {obj.shape} that is {obj.colour}"
+    return f"one {obj.colour} {obj.shape}" if form == 1 else _a(f"{obj.colour} {obj.shape}")
 
 
-def _motion(rng, obj: ObjectSpec) -> str:
-    verb = VERBS[rng.integers(len(VERBS))]
-    d = DIR_WORDS[obj.direction][rng.integers(len(DIR_WORDS[obj.direction]))]
+def _motion(rng, objs: list) -> str:
+    verb = VERBS[rng.integers(len(VERBS))][len(objs) > 1]
+    d = DIR_WORDS[objs[0].direction][rng.integers(len(DIR_WORDS[objs[0].direction]))]
     return f"{verb} {d}"
 
 
-def make_captions(rng: np.random.Generator, spec: ClipSpec, count: int) -> list[list[str]]:
-    """``count`` distinct captions, each a list of lower-case tokens."""
+def make_captions(rng: np.random.Generator, spec: ClipSpec, count: int,
+                  exclude: frozenset | set = frozenset()) -> list[list[str]]:
+    """``count`` distinct captions, each a list of lower-case tokens, none of them in
+    ``exclude`` (caption strings, e.g. the training split's, so held-out captions are new).
+    Each names the objects' number, colour and shape, their direction and the background."""
     out: list[str] = []
-    objs = spec.objects
-    for _ in range(count * 20):
+    objs, bg = spec.objects, spec.background
+    for _ in range(count * 40):
         if len(out) == count:
             break
-        form = rng.integers(6)
-        first = objs[0]
+        what, how = _objects_phrase(rng, objs), _motion(rng, objs)
+        form = rng.integers(5)
         if form == 0:
-            text = f"{_object_phrase(rng, first)} {_motion(rng, first)}"
+            text = f"{what} {how} on a {bg} background"
         elif form == 1:
-            text = f"the {_object_phrase(rng, first, article=False)} {_motion(rng, first)}"
+            text = f"on a {bg} background {what} {how}"
         elif form == 2:
-            d = DIR_WORDS[first.direction][rng.integers(len(DIR_WORDS[first.direction]))]
-            text = f"{_object_phrase(rng, first, article=False)} going {d}"
+            d = DIR_WORDS[objs[0].direction][rng.integers(2)]
+            text = f"{what} going {d} over a {bg} background"
         elif form == 3:
-            text = f"there is {_object_phrase(rng, first, relative=False)} that {_motion(rng, first)}"
-        elif form == 4:
-            text = (f"{_object_phrase(rng, first)} {_motion(rng, first)} "
-                    f"on a {spec.background} background")
+            text = f"there {'are' if len(objs) > 1 else 'is'} {what} on {bg} that {how}"
         else:
-            text = f"someone shows {_object_phrase(rng, first)} which {_motion(rng, first)}"
-        if len(objs) > 1:
-            second = objs[1]
-            joiner = ["and", "while", "as"][rng.integers(3)]
-            text += f" {joiner} {_object_phrase(rng, second)} {_motion(rng, second)}"
-        if text not in out:
+            text = f"someone shows {what} which {how} against a {bg} background"
+        if text not in out and text not in exclude:
             out.append(text)
+    if not out:
+        raise RuntimeError(f"no caption for {spec.video_id} outside the excluded set")
     return [t.split() for t in out]
 
 
@@ -242,31 +279,88 @@ def _plan(rng: np.random.Generator, videos: int, min_seconds: float, max_seconds
         seconds = float(rng.uniform(min_seconds, max_seconds))
         frames = max(2, int(round(seconds * fps)))
         background = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
-        r = int(min(w, h) * rng.uniform(0.14, 0.2))
-        objects = [ObjectSpec(colour, shape, direction, r, float(rng.uniform(0.15, 0.85)))]
-        if rng.random() < 0.25:  # a second object, different colour and motion axis
-            c2 = [c for c in COLOURS if c != colour][rng.integers(len(COLOURS) - 1)]
-            s2 = SHAPES[rng.integers(len(SHAPES))]
-            axis2 = ("up", "down") if direction in ("left", "right") else ("left", "right")
-            d2 = axis2[rng.integers(2)]
-            lane2 = 0.1 if objects[0].lane > 0.5 else 0.9
-            objects.append(ObjectSpec(c2, s2, d2, max(4, int(r * 0.8)), lane2))
+        count = 1 + int(rng.integers(3))  # 1-3 alike objects side by side, moving together
+        r = max(3, int(min(w, h) * rng.uniform(0.11, 0.13)))  # alike sizes: area grows with count
+        lanes = (np.arange(count) + 0.5) / count + rng.uniform(-0.25, 0.25) / count
+        objects = [ObjectSpec(colour, shape, direction, r, float(np.clip(lane, 0.0, 1.0)))
+                   for lane in lanes]
         vid = f"syn{i:04d}_0_{int(np.ceil(frames / fps))}"
         specs.append(ClipSpec(vid, int(w), int(h), fps.numerator, fps.denominator, frames,
                               background, objects))
     return specs
 
 
-def _splits(rng: np.random.Generator, ids: list[str]) -> dict[str, list[str]]:
+MAX_VAL = 60  # enough to pick the best epoch
+MAX_TEST = len(COLOURS) * len(SHAPES) * len(DIRECTIONS)  # 120: one video a combination
+
+
+def _combo(spec: ClipSpec) -> tuple:
+    o = spec.objects[0]
+    return o.colour, o.shape, o.direction
+
+
+def _splits(rng: np.random.Generator, specs: list) -> dict[str, list[str]]:
+    """~60/15/25 % of the videos, at random, with at most ``MAX_VAL`` val and ``MAX_TEST`` test
+    videos (the rest trains). Val and test each take videos whose first object (colour, shape,
+    direction) differs from the others' of the split while there are such videos, so a caption
+    of a held-out video describes one video of its split."""
+    ids = [s.video_id for s in specs]
     n = len(ids)
-    n_val = max(1, int(round(0.15 * n)))
-    n_test = max(1, int(round(0.25 * n)))
-    n_train = n - n_val - n_test
-    perm = [ids[j] for j in rng.permutation(n)]
+    n_val = max(1, min(MAX_VAL, int(round(0.15 * n))))
+    n_test = max(1, min(MAX_TEST, int(round(0.25 * n))))
+    size = {"test": n_test, "val": n_val}
+    parts: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    seen: dict[str, set] = {"test": set(), "val": set()}
+    rest = []
+    for j in rng.permutation(n):
+        s = specs[j]
+        for name in ("test", "val"):
+            if len(parts[name]) < size[name] and _combo(s) not in seen[name]:
+                parts[name].append(s.video_id)
+                seen[name].add(_combo(s))
+                break
+        else:
+            rest.append(s.video_id)
+    for name in ("test", "val"):  # more held-out videos than combinations: repeats allowed
+        while len(parts[name]) < size[name]:
+            parts[name].append(rest.pop())
+    parts["train"] = rest
     order = {v: k for k, v in enumerate(ids)}
-    parts = {"train": perm[:n_train], "val": perm[n_train:n_train + n_val],
-             "test": perm[n_train + n_val:]}
     return {k: sorted(v, key=order.get) for k, v in parts.items()}
+
+
+PARALLEL_FROM = 64  # clips; fewer are drawn on one thread
+
+
+def _encode(job) -> int:
+    path, spec, codec = job
+    return write_video(path, render_frames(spec), spec.fps, codec)
+
+
+def _encode_all(jobs: list) -> list[int]:
+    """Draw and encode every clip, on two threads for a large set (PyAV encodes without the
+    GIL; threads, unlike a process pool, work from any script). Each clip is encoded alone and
+    bit-exact, so the bytes do not depend on the thread."""
+    workers = min(len(os.sched_getaffinity(0)), 2) if len(jobs) >= PARALLEL_FROM else 1
+    if workers < 2:
+        return [_encode(j) for j in jobs]
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(workers) as pool:
+        return list(pool.map(_encode, jobs))
+
+
+def _captions(rng: np.random.Generator, specs: list, splits: dict) -> dict:
+    """3-5 captions per video; no val or test caption is also a train caption."""
+    split_of = {v: name for name, ids in splits.items() for v in ids}
+    captions, train_texts = {}, set()
+    for s in sorted(specs, key=lambda s: split_of[s.video_id] != "train"):  # train first
+        held_out = split_of[s.video_id] != "train"
+        caps = make_captions(rng, s, int(rng.integers(3, 6)), train_texts if held_out else ())
+        if not held_out:
+            train_texts.update(" ".join(c) for c in caps)
+        captions[s.video_id] = caps
+    return {s.video_id: captions[s.video_id] for s in specs}
 
 
 def generate_dataset(out_dir, videos: int, codec: str = "vp9", seed: int = 0,
@@ -291,9 +385,8 @@ def generate_dataset(out_dir, videos: int, codec: str = "vp9", seed: int = 0,
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     specs = _plan(rng, videos, min_seconds, max_seconds)
-    cap_rng = np.random.default_rng([seed, 1])
-    captions = {s.video_id: make_captions(cap_rng, s, int(cap_rng.integers(3, 6))) for s in specs}
-    splits = _splits(np.random.default_rng([seed, 2]), [s.video_id for s in specs])
+    splits = _splits(np.random.default_rng([seed, 2]), specs)
+    captions = _captions(np.random.default_rng([seed, 1]), specs, splits)
 
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
     try:
@@ -301,9 +394,8 @@ def generate_dataset(out_dir, videos: int, codec: str = "vp9", seed: int = 0,
         ext = CODECS[codec][1]
         total_bytes = total_frames = 0
         meta = {}
-        for s in specs:
-            path = tmp / "videos" / f"{s.video_id}{ext}"
-            written = write_video(path, render_frames(s), s.fps, codec)
+        jobs = [(tmp / "videos" / f"{s.video_id}{ext}", s, codec) for s in specs]
+        for (path, s, _), written in zip(jobs, _encode_all(jobs)):
             assert written == s.frames, (written, s.frames)
             size = path.stat().st_size
             total_bytes += size
