@@ -24,8 +24,13 @@ combines separate runs.
 """
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
+
+# Before torch and DALI start: with OpenMP's default busy-waiting, torch ops after DALI's threads
+# run were 10-100x slower on a loaded machine. The CLIs set it too; every row here runs under it.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 HERE = Path(__file__).resolve().parent
 for _p in (HERE.parent, HERE):  # run from a checkout without installing

@@ -318,3 +318,32 @@ def test_s3_without_credentials_or_endpoint_fails_fast_with_a_clear_error(sets, 
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "none"))
     with pytest.raises(UserError, match="no S3 credentials"):
         load_split(shards_cfg(sets[2], data_path=url), "val")
+
+
+def test_stats_of_a_shard_set_come_from_its_manifest(sets, tmp_path, capsys):
+    from clip4clip_dali.data.stats import main as stats_main
+
+    out = broken_copy(sets[2], tmp_path)
+    (out / "train-000001.tar").unlink()  # 2 samples skipped when probing
+    assert stats_main(["--config", str(REPO / "configs" / "demo.yaml"), "--json",
+                       "--set", "data.dataset=shards", "--set", "data.synthetic.videos=0",
+                       "--set", f"data.data_path={out / 'manifest.json'}"]) == 0
+    s = json.loads(capsys.readouterr().out)
+    doc = json.loads((out / "manifest.json").read_text())
+    assert list(s) == list(doc["splits"]) == ["train", "val", "test"]
+    train = s["train"]
+    assert train["videos_listed"] == train["videos_found"] == 5 and train["videos_missing"] == 0
+    assert train["captions"] == train["pairs"] == train["train_samples_per_epoch"] == 10
+    assert train["sampling"] == doc["sampling"] and doc["sampling"]["max_frames"] == FRAMES
+    assert train["shards"] == 3 and train["codec"] == "vp9"
+    frames = [r["frames"] for sh in doc["splits"]["train"]["shards"] for r in sh["samples"]]
+    assert train["frames_per_clip"]["max"] == max(frames) <= FRAMES
+    assert train["samples_readable"] == 3 and train["samples_skipped"] == 2
+    assert train["skipped_examples"][0].startswith(f"{out / 'train-000001.tar'}: missing")
+    from clip4clip_dali.data.stats import dataset_stats, format_stats
+
+    cfg = shards_cfg(out, shards_caption_per_epoch=True)
+    text = format_stats(dataset_stats(cfg, probe=False), cfg)
+    assert "train: 5 videos listed, 5 found, 0 missing; 10 captions, 10 pairs" in text
+    assert "3 shard(s)" in text and f"data.max_frames={FRAMES}" in text
+    assert "readable" not in text  # not probed: no index file opened

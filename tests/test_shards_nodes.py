@@ -1,14 +1,19 @@
-"""Many machines: SLURM's variables read where torchrun's are absent, and two "nodes" (two
-torchrun launches, --nnodes 2, one c10d endpoint on 127.0.0.1) training an epoch from shards."""
+"""The trainer on shards: SLURM's variables read where torchrun's are absent, a run killed
+(SIGKILL) mid-epoch and resumed equal to an uninterrupted one, and two "nodes" (two torchrun
+launches, --nnodes 2, one c10d endpoint on 127.0.0.1) training an epoch from shards."""
 from __future__ import annotations
 
 import json
 import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
+import torch
 
 from clip4clip_dali.distributed import env_ranks
 from clip4clip_dali.errors import UserError
@@ -47,8 +52,70 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
+def _train(manifest, out, *extra, resume=False) -> subprocess.Popen:
+    sets = ["data.dataset=shards", f"data.data_path={manifest}", "data.dali_threads=1",
+            "data.synthetic.videos=0", "data.frame_cache=false", "train.epochs=2",
+            "train.batch_size=2", "train.checkpoint_every=1", "train.log_every=1",
+            "train.eval_every_epoch=false", "eval.test_at_end=false", "eval.index_test_split=false",
+            f"train.output_dir={out}",
+            *extra]
+    cmd = [sys.executable, "-m", "clip4clip_dali.train", "--config",
+           str(REPO / "configs" / "demo.yaml"), *[x for s in sets for x in ("--set", s)]]
+    env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
+    env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.Popen(cmd + (["--resume", "auto"] if resume else []), cwd=REPO, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _finish(p: subprocess.Popen, timeout: float = 120) -> str:
+    try:
+        log = p.communicate(timeout=timeout)[0]
+    finally:
+        if p.poll() is None:
+            p.kill()
+    assert p.returncode == 0, log[-4000:]
+    return log
+
+
+def _step_losses(out) -> dict[int, float]:
+    """Loss by step; a step logged before the kill and again after the resume: the last one."""
+    recs = [json.loads(ln) for ln in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in recs if r["kind"] == "train"}
+
+
+def test_killed_training_resumes_from_its_mid_epoch_checkpoint_exactly(shard_set, tmp_path):
+    full, killed = tmp_path / "full", tmp_path / "killed"
+    a, b = _train(shard_set, full), _train(shard_set, killed)  # side by side: half the wall time
+    try:
+        metrics, deadline = killed / "metrics.jsonl", time.monotonic() + 120
+        # step 2 logged: step 1's checkpoint is written (checkpoint_every=1 saves after logging)
+        while not (metrics.is_file() and '"step": 2,' in metrics.read_text()):
+            assert b.poll() is None and time.monotonic() < deadline, b.stdout.read()[-4000:]
+            time.sleep(0.02)
+        os.kill(b.pid, signal.SIGKILL)
+        b.communicate(timeout=30)
+    finally:
+        if b.poll() is None:
+            b.kill()
+    assert b.returncode == -signal.SIGKILL
+    state = torch.load(killed / "latest.pt", weights_only=True)
+    # 5 videos x 2 captions = 10 pairs, batch 2: 5 steps an epoch, 10 in all
+    assert state["epoch"] == 0 and 1 <= state["batch_in_epoch"] <= 4, state["batch_in_epoch"]
+    log = _finish(_train(shard_set, killed, resume=True))
+    assert "dali-shards" in log
+    _finish(a)
+    want = _step_losses(full)
+    assert sorted(want) == list(range(1, 11)) and _step_losses(killed) == want
+    wa = torch.load(full / "latest.pt", weights_only=True)["model"]
+    wb = torch.load(killed / "latest.pt", weights_only=True)["model"]
+    assert wa.keys() == wb.keys() and all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
 def test_two_nodes_train_an_epoch_from_shards(shard_set, tmp_path):
     out = tmp_path / "run"
+    shards = tmp_path / "shards"  # a copy: the module's set stays whole for the other tests
+    shutil.copytree(shard_set.parent, shards)
+    shard_set = shards / "manifest.json"
     idx = shard_set.parent / "train-000001.idx"  # its sample 000000 (video3) loses its JSON
     lines = idx.read_text().splitlines()
     lines[1] = " ".join(lines[1].split()[:4])

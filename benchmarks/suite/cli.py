@@ -97,6 +97,7 @@ def main(argv=None, description="") -> int:
                                            "torch_threads": torch.get_num_threads()},
             "gpu": gpu, "versions": versions(), "quick": args.quick,
             "load_average_at_start": list(os.getloadavg()),
+            "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY"),
             "args": {k: (list(v) if isinstance(v, tuple) else v) for k, v in vars(args).items()}}
     rep = Report(Path(args.out), name, meta)
     log(f"writing {rep.path('json')} (device {device}, {usable_cores()} cores)")

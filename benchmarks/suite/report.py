@@ -31,6 +31,9 @@ def _header(m: dict) -> list[str]:
                      + (f", at end {la(end)}" if end else "") + f" on {m['cpu']['cores']} cores"
                      + (" (above the core count: other processes shared the machine and the "
                         "timings are noisy)" if busy else ""))
+    if m.get("omp_wait_policy"):
+        lines.append(f"- OMP_WAIT_POLICY={m['omp_wait_policy']} for every row (set by the benchmark "
+                     f"unless given)")
     return lines + [""]
 
 

@@ -52,6 +52,7 @@ import torch
 from .dali_support import (CPU_CODECS, GPU_CODECS, GPU_MIN_SIZE,  # noqa: F401 (re-exported)
                            dali_import_error, decoder_device, normalize_codec,
                            supported_codecs, unsupported_reason)
+from .host_memory import reuse_freed_batches
 from .presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
 from .sampling import frame_order_permutation
@@ -196,6 +197,8 @@ class DaliLoader(EpochShard):
         if self.device.type == "cuda" and self.device.index is None:
             self.device = torch.device("cuda", torch.cuda.current_device())
         self.device_id = self.device.index if self.device.type == "cuda" else None
+        if self.device_id is None:  # batches made in host memory, one fresh block each
+            reuse_freed_batches()
         self.decoder_device = decoder_device(self.device, data_cfg.dali_decoder)
         on_nvdec = self.decoder_device.type == "cuda"
         self.decode_device = "mixed" if on_nvdec else "cpu"

@@ -1,11 +1,14 @@
 """Per-split statistics of any dataset a config describes (MSVD, MSR-VTT, JSONL/CSV, DiDeMo,
-ActivityNet, LSMDC).
+ActivityNet, LSMDC, tar shards).
 
     python -m clip4clip_dali.data.stats --config configs/msrvtt_meanP.yaml [--set k=v] [--json]
 
 Per split: videos listed, found, missing (with examples), captions, training pairs and samples
 per epoch, and, from the probed videos (cached in the manifest, as training caches them):
-readable and unreadable videos, total duration, codecs, resolutions and frame rates.
+readable and unreadable videos, total duration, codecs, resolutions and frame rates. A shard set
+(``data.dataset: shards``) is described from its manifest: the sampling it was written with,
+shards, bytes and frames per clip; probing checks each shard against its index (what training
+would skip), never decodes.
 """
 from __future__ import annotations
 
@@ -45,6 +48,8 @@ def split_stats(listing: SplitListing, data_cfg: "DataConfig", probe: bool = Tru
     }
     if listing.windows:  # each (video, window) is an entry of its own
         out["entries"] = sum(len(set(listing.windows.get(v) or [None])) for v in usable)
+    if getattr(data_cfg, "dataset", None) == "shards":
+        return {**out, **_shard_stats(data_cfg, listing.name, probe)}
     if not probe:
         return out
     from .manifest import load_manifest
@@ -63,6 +68,29 @@ def split_stats(listing: SplitListing, data_cfg: "DataConfig", probe: bool = Tru
         "resolutions": _top(Counter(f"{i.width}x{i.height}" for i in ok)),
         "frame_rates": _top(Counter(f"{i.fps:.4g}" for i in ok)),
     })
+    return out
+
+
+def _shard_stats(data_cfg: "DataConfig", split: str, probe: bool) -> dict:
+    """What a shard set's manifest records for ``split`` (and, probing, what its shards hold)."""
+    from . import shards
+
+    doc, store = shards.read_manifest(data_cfg)
+    entry = doc["splits"][split]
+    frames = [int(s["frames"]) for sh in entry["shards"] for s in sh["samples"]]
+    out = {"sampling": doc["sampling"], "codec": doc.get("codec"), "crf": doc.get("crf"),
+           "shards": len(entry["shards"]), "shard_bytes": sum(int(sh["bytes"])
+                                                               for sh in entry["shards"]),
+           "frames_per_clip": {"min": min(frames, default=0), "max": max(frames, default=0),
+                               "mean": round(sum(frames) / max(1, len(frames)), 2)},
+           "videos_not_written": len(doc.get("failed") or {})}
+    if probe:
+        skipped: list = []
+        ext = shards.CLIP_EXT.get(str(doc.get("codec", "vp9")), "webm")
+        usable = sum(len(shards._usable_samples(store, sh, ext, skipped))
+                     for sh in entry["shards"])
+        out.update({"samples_readable": usable, "samples_skipped": len(skipped),
+                    "skipped_examples": skipped[:EXAMPLES]})
     return out
 
 
@@ -102,6 +130,21 @@ def format_stats(stats: dict, data_cfg: "DataConfig") -> str:
                 lines.append(f"  {key.replace('_', ' ')}: {shown or '-'}{more}")
             for ex in s["unreadable_examples"]:
                 lines.append(f"  unreadable: {ex}")
+        if "shards" in s:
+            f = s["frames_per_clip"]
+            lines.append(f"  {s['shards']} shard(s), {s['shard_bytes'] / 1e6:.1f} MB, "
+                         f"{s['codec']}; frames per clip {f['min']}-{f['max']} "
+                         f"(mean {f['mean']})")
+            lines.append("  sampling: " + ", ".join(f"data.{k}={v}"
+                                                    for k, v in s["sampling"].items()))
+            if s["videos_not_written"]:
+                lines.append(f"  {s['videos_not_written']} video(s) of the source could not be "
+                             f"pre-sampled (the manifest's \"failed\")")
+        if "samples_readable" in s:
+            lines.append(f"  {s['samples_readable']} sample(s) readable, "
+                         f"{s['samples_skipped']} skipped")
+            for ex in s["skipped_examples"]:
+                lines.append(f"  skipped: {ex}")
     return "\n".join(lines)
 
 
@@ -111,13 +154,14 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m clip4clip_dali.data.stats",
                                 description="Per-split statistics of the dataset a config "
                                             "describes (data.dataset: msvd, msrvtt, jsonl, didemo, "
-                                            "activitynet or lsmdc).")
+                                            "activitynet, lsmdc or shards).")
     p.add_argument("--config", required=True, help="YAML config (its data section is read)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a config key, e.g. --set data.data_path=clips.jsonl")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.add_argument("--no-probe", action="store_true",
-                   help="do not open the videos (no duration, codecs, sizes, frame rates)")
+                   help="do not open the videos (no duration, codecs, sizes, frame "
+                        "rates) or, for shards, their index files")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     cfg = load_config(args.config, args.set)
