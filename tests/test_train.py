@@ -264,7 +264,7 @@ def test_demo_end_to_end_small(tmp_path):
     assert f"Curves (loss, learning rate, val R@1, frames/s, data wait): {out / 'curves.png'}" \
         in p.stdout and (out / "curves.png").stat().st_size > 1000
     # it ends with the test split indexed and one search printed
-    assert "right video first:" in p.stdout and (out / "index" / "index.json").is_file()
+    assert "right video first:" in p.stdout and (out / "index" / "index.sqlite").is_file()
     search = summary["search"]
     # the index keeps float16 vectors: a near tie may flip a caption or two
     flip = 2 * 100 / summary["test"]["captions"]
