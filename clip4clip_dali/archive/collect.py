@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
+from ..data.split import walk_video_files
 from ..errors import UserError
 
 log = logging.getLogger("clip4clip_dali")
@@ -28,58 +29,23 @@ class Candidate:
     mtime_ns: int
 
 
-def _walk(root: Path, exts: set[str]) -> list[str]:
-    """Relative POSIX paths of the video files under ``root``; each real folder is entered
-    once (a link back up the tree is reported, not followed again)."""
-    rels: list[str] = []
-    seen: set[tuple[int, int]] = set()
-    stack = [root]
-    while stack:
-        folder = stack.pop()
-        try:
-            st = folder.stat()
-            entries = sorted(os.scandir(folder), key=lambda e: e.name)
-        except OSError as e:
-            log.warning("skipping folder %s: %s", folder, e.strerror or e)
-            continue
-        if (st.st_dev, st.st_ino) in seen:
-            log.warning("skipping %s: a link to a folder already listed (a loop or a second "
-                        "way in)", folder)
-            continue
-        seen.add((st.st_dev, st.st_ino))
-        for e in entries:
-            if e.name.startswith("."):
-                continue
-            path = Path(e.path)
-            try:
-                e.name.encode("utf-8")
-            except UnicodeEncodeError:
-                log.warning("skipping %r: its name is not valid UTF-8 (rename it to index it)",
-                            os.fsencode(path))
-                continue
-            try:
-                is_dir = e.is_dir()  # follows links
-            except OSError as err:
-                log.warning("skipping %s: %s", path, err.strerror or err)
-                continue
-            if is_dir:
-                stack.append(path)
-            elif Path(e.name).suffix.lower() in exts:
-                rels.append(path.relative_to(root).as_posix())
-    return sorted(rels)
+def _walk(root: Path) -> list[str]:
+    """Relative POSIX paths of the video files under ``root``, sorted (the data side's rules
+    for names that are not UTF-8, loops, pipes and vanished files)."""
+    return sorted(p.relative_to(root).as_posix() for p in walk_video_files(root))
 
 
 def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
     """Every video file under ``videos`` (any container FFmpeg knows by its extension, any
     sub-folder). The id is the path without its extension (with it when two files differ only
     by extension)."""
-    from ..data.msvd import VIDEO_EXTENSIONS
+    from ..data.split import VIDEO_EXTENSIONS
 
     root = Path(videos).resolve()
     if not root.is_dir():
         raise UserError(f"--videos {videos}: no such folder; pass the folder that holds the "
                         f"videos to index.")
-    rels = _walk(root, set(VIDEO_EXTENSIONS))
+    rels = _walk(root)
     stem = {r: r.rsplit(".", 1)[0] for r in rels}
     clashes = Counter(stem.values())
     out = [_candidate(root, r, stem[r] if clashes[stem[r]] == 1 else r) for r in rels]

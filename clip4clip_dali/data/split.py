@@ -12,7 +12,7 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Optional
+from typing import TYPE_CHECKING, Iterator, Optional
 
 import numpy as np
 
@@ -76,14 +76,27 @@ def default_manifest_path(features_path: str | Path) -> Path:
 
 def find_videos(features_path: str | Path) -> dict[str, Path]:
     """Video files under ``features_path`` by id (file name without its last extension), in a
-    stable order. Followed links are walked once (a link back up the tree is not a loop); a
-    name that is not valid UTF-8, a file that is not a regular file (a pipe, a broken link) or
-    one that vanished while listing is skipped with a warning naming it."""
+    stable order (``walk_video_files``'s rules for odd entries)."""
     root = Path(features_path)
     if not root.is_dir():
         raise DatasetError(f"video folder {root} does not exist; set data.features_path to the "
                            f"folder holding the videos (e.g. MSVD's YouTubeClips).")
     found: dict[str, Path] = {}
+    for p in walk_video_files(root):
+        vid = p.stem
+        if vid in found:
+            log.warning("video id %s found twice (%s and %s); using the first", vid,
+                        found[vid], p)
+            continue
+        found[vid] = p
+    return found
+
+
+def walk_video_files(root: Path) -> Iterator[Path]:
+    """The video files under ``root`` (by extension; hidden entries left out), depth first in
+    name order. Followed links are walked once (a link back up the tree is not a loop); a name
+    that is not valid UTF-8, a file that is not a regular file (a pipe, a broken link) or one
+    that vanished while listing is skipped with a warning naming it."""
     seen_dirs: set[tuple[int, int]] = set()
     pending = [root]
     while pending:
@@ -102,31 +115,24 @@ def find_videos(features_path: str | Path) -> dict[str, Path]:
             continue
         subdirs = []
         for entry in entries:
-            name = entry.name
-            if name.startswith("."):
+            if entry.name.startswith("."):
                 continue
             try:
                 is_dir = entry.is_dir()  # follows links
             except OSError:
                 is_dir = False
-            if is_dir:
-                subdirs.append(Path(entry.path))
-                continue
             p = Path(entry.path)
+            if is_dir:
+                subdirs.append(p)
+                continue
             if p.suffix.lower() not in VIDEO_EXTENSIONS:
                 continue
             why = _unusable(entry)
             if why is not None:
                 log.warning("skipping %s: %s", _shown(p), why)
                 continue
-            vid = p.stem
-            if vid in found:
-                log.warning("video id %s found twice (%s and %s); using the first", vid,
-                            found[vid], p)
-                continue
-            found[vid] = p
+            yield p
         pending.extend(reversed(subdirs))  # depth first, in name order
-    return found
 
 
 def _shown(path: Path) -> str:
