@@ -57,3 +57,17 @@ def write_clip(path: Path, frames: int, fps=30, width=64, height=48, codec="libv
         for packet in stream.encode():
             out.mux(packet)
     return path
+
+
+@pytest.fixture(autouse=True)
+def restore_logging():
+    """The package logger as it was before each test: a command's main() run in-process
+    (setup_logging) gives it a handler and stops propagation, which hid every later test's
+    records from caplog (tests asserting a warning then failed only in the full suite)."""
+    import logging
+
+    log = logging.getLogger("clip4clip_dali")
+    state = (list(log.handlers), log.propagate, log.level)
+    yield
+    log.handlers[:] = state[0]
+    log.propagate, log.level = state[1], state[2]

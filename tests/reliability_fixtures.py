@@ -39,16 +39,3 @@ def tiny_checkpoint(tiny_clips, tmp_path_factory) -> Path:
     cfg["train"]["output_dir"] = str(run)
     ckpt.atomic_save(obj, path)
     return path
-
-
-@pytest.fixture()
-def restore_logging():
-    """The package logger as it was: a command's main() run in-process (setup_logging) gives it
-    a handler and stops propagation, which would hide later tests' records from caplog."""
-    import logging
-
-    log = logging.getLogger("clip4clip_dali")
-    state = (list(log.handlers), log.propagate, log.level)
-    yield
-    log.handlers[:] = state[0]
-    log.propagate, log.level = state[1], state[2]

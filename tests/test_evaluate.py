@@ -10,7 +10,6 @@ import yaml
 from reliability_helpers import DEMO, old_mtime, snapshot
 
 pytest_plugins = ["reliability_fixtures"]
-pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 def other_run_config(tmp_path, tiny_clips):

@@ -12,7 +12,6 @@ from clip4clip_dali.errors import UserError
 from reliability_helpers import DEMO, old_mtime, snapshot
 
 pytest_plugins = ["reliability_fixtures"]
-pytestmark = pytest.mark.usefixtures("restore_logging")
 
 
 @pytest.fixture()
