@@ -225,7 +225,8 @@ def main() -> int:
     args = p.parse_args()
     from clip4clip_dali.archive.video_index import VideoIndex
 
-    index_dir = Path(args.index)
+    index_dir = Path(args.index).resolve()  # the server runs in another folder
+    Path(args.out).mkdir(parents=True, exist_ok=True)
     queries = captions_of(VideoIndex(index_dir))
     doc = {"meta": {"name": args.name, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "cores": len(os.sched_getaffinity(0)), "load_at_start": list(os.getloadavg()),
