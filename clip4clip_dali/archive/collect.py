@@ -60,6 +60,10 @@ def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
     folder that holds them all (a JSONL file's videos need not lie under data.features_path)."""
     from ..data.dataset import load_split
 
+    if cfg.data.dataset == "shards":  # clips inside tars: no file of their own to stat or serve
+        raise UserError(f"index --split cannot read a tar shard set yet ({cfg.data.data_path}); "
+                        f"index the clips the shards were written from instead: --videos FOLDER, "
+                        f"or --config with that dataset's config and --split {split}.")
     s = load_split(cfg.data, split, probe=False)
     paths = [Path(p).resolve() for p in s.video_paths]
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else \
