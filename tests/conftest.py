@@ -13,6 +13,15 @@ REALDATA = Path(os.environ.get("CLIP4CLIP_REALDATA", REPO.parent / "shared" / "r
 MINI_MSVD = REALDATA / "mini_msvd"
 
 
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 now (for a server or a rendezvous a test starts)."""
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
 def run_ranks(target, args_of_rank, ranks, timeout: float) -> None:
     """Start ``target(*args_of_rank(r))`` in a spawned process per rank; every rank must exit 0
     within ``timeout`` seconds (a hung rank is killed and fails the test)."""

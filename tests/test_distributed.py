@@ -4,7 +4,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from clip4clip_dali.distributed import all_gather_varlen
-from conftest import run_ranks
+from conftest import free_port, run_ranks
 
 ROWS = {0: 3, 1: 0, 2: 2}  # rank -> rows it holds
 
@@ -52,11 +52,7 @@ def _stalling_worker(rank: int, port: int, out_dir: str) -> None:
 
 
 def test_collective_fails_after_the_configured_timeout(tmp_path):
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     ctx = mp.get_context("spawn")
     procs = [ctx.Process(target=_stalling_worker, args=(r, port, str(tmp_path))) for r in (0, 1)]
     for p in procs:

@@ -9,7 +9,6 @@ import shutil
 import sys
 import tarfile
 
-import numpy as np
 import pytest
 import torch
 
@@ -20,7 +19,7 @@ from clip4clip_dali.data.loader import build_loader
 from clip4clip_dali.data.presampled import Sampling
 from clip4clip_dali.data.shards_store import parse_index
 from clip4clip_dali.errors import UserError
-from conftest import REPO
+from conftest import REPO, free_port
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
 
 sys.path.insert(0, str(REPO / "pipelines"))
@@ -256,14 +255,6 @@ def test_index_of_a_shard_split_is_refused_with_the_way_round(sets):
 
 
 # ---- S3 (moto's server on loopback: a real S3 API, no network) --------------------------
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
           "AWS_EC2_METADATA_DISABLED": "true"}
 
@@ -276,7 +267,7 @@ def s3_set(sets):
 
     import boto3
 
-    port = _free_port()
+    port = free_port()
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
                              str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
@@ -316,7 +307,7 @@ def test_s3_without_credentials_or_endpoint_fails_fast_with_a_clear_error(sets, 
     endpoint, url = s3_set
     for k, v in S3_ENV.items():
         monkeypatch.setenv(k, v)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{_free_port()}")  # nobody there
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # nobody there
     with pytest.raises(UserError, match="the S3 endpoint does not answer"):
         load_split(shards_cfg(sets[2], data_path=url), "val")
     monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -17,7 +16,7 @@ import torch
 
 from clip4clip_dali.distributed import env_ranks
 from clip4clip_dali.errors import UserError
-from conftest import REPO
+from conftest import REPO, free_port
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
 
 sys.path.insert(0, str(REPO / "pipelines"))
@@ -44,12 +43,6 @@ def shard_set(tmp_path_factory):
     src = data_config(make_dataset(root, CPU_SPECS), max_frames=4, image_resolution=64)
     ms.make_shards(src, root / "shards", Sampling.from_config(src), shard_size="3", workers=1)
     return root / "shards" / "manifest.json"
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _train(manifest, out, *extra, resume=False) -> subprocess.Popen:
@@ -125,7 +118,7 @@ def test_two_nodes_train_an_epoch_from_shards(shard_set, tmp_path):
             "train.epochs=1", "train.batch_size=4", "train.eval_batch_size=4",
             "train.log_every=1", f"train.output_dir={out}", "eval.index_test_split=false",
             "train.eval_every_epoch=false"]
-    port = _port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     procs = []
