@@ -246,14 +246,6 @@ def test_other_sampling_is_refused_naming_both_values(sets):
         build_loader(run_cfg(cfg), load_split(cfg, "val"), "eval")
 
 
-def test_index_of_a_shard_split_is_refused_with_the_way_round(sets):
-    from clip4clip_dali.archive.collect import split_candidates
-
-    cfg = run_cfg(shards_cfg(sets[2]))
-    with pytest.raises(UserError, match="cannot read a tar shard set yet.*--videos FOLDER"):
-        split_candidates(cfg, "test")
-
-
 # ---- S3 (moto's server on loopback: a real S3 API, no network) --------------------------
 S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
           "AWS_EC2_METADATA_DISABLED": "true"}

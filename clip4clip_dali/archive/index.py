@@ -70,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", help="folder of videos (any container, any sub-folder)")
     p.add_argument("--config", help="YAML config: the data paths of --split, and the model of "
                                     "a checkpoint that holds no config")
-    p.add_argument("--split", help="index this split of the MSVD-format dataset of the config "
-                                   "(data.data_path / data.features_path)")
+    p.add_argument("--split", help="index this split of the config's dataset (data.data_path / "
+                                   "data.features_path; a tar shard set's clips are served "
+                                   "out of its shards)")
     p.add_argument("--out", help="index folder (created; extended when it exists)")
     p.add_argument("--convert", metavar="INDEX_DIR",
                    help="convert an index of the old format (index.json) to the store, and stop")
@@ -115,7 +116,12 @@ def main(argv: list[str] | None = None) -> int:
             root, candidates = folder_candidates(args.videos)
             source = {"videos": str(root)}
         else:
-            data_cfg = dataclasses.replace(cfg, data=(given or cfg).data)
+            data = (given or cfg).data
+            if data.dataset == "shards":
+                from .tar_clips import with_model_sampling
+
+                data = with_model_sampling(data, cfg)
+            data_cfg = dataclasses.replace(cfg, data=data)
             root, candidates = split_candidates(data_cfg, args.split)
             source = {"data_path": str(data_cfg.data.data_path), "split": args.split}
         summary = build_index(args.out, checkpoint, cfg, root, candidates, info,

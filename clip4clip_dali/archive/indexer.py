@@ -121,10 +121,14 @@ def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity
                   layout: dict, run_id: str, rank: int, flush_every: int, show: bool,
                   what: str) -> tuple[int, list[str]]:
     """Probe, decode and encode this rank's share, staging parts. Returns (encoded, parts)."""
-    from .api import probe_videos
+    if share and share[0].member is not None:  # clips inside tar shards
+        from .tar_clips import MemberClips
 
+        clips = MemberClips(model, share)
+    else:
+        clips = _FileClips(model, root, share)
     (out / THUMBS).mkdir(parents=True, exist_ok=True)
-    infos = probe_videos([root / c.path for c in share])
+    infos = clips.infos
     failed = [FailedVideo(c.path, c.size, c.mtime_ns, i.error or "no frames")
               for c, i in zip(share, infos) if not i.ok]
     for f in failed:
@@ -141,7 +145,7 @@ def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity
         for pos, _, _ in buf:
             c, info = share[pos], infos[pos]
             thumb = thumb_name(c.path, c.size, c.mtime_ns)
-            ok = make_thumbnail(root / c.path, out / THUMBS / thumb, info.duration / 2)
+            ok = clips.thumbnail(pos, out / THUMBS / thumb, info.duration / 2)
             records.append(VideoRecord(c.id, c.path, c.size, c.mtime_ns, round(info.duration, 3),
                                        info.frames, round(info.fps, 4), info.width, info.height,
                                        info.codec, thumb if ok else None))
@@ -156,7 +160,7 @@ def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity
     with _progress(show, what) as bar:
         task = bar.add_task("encode", total=len(share))
         bar.update(task, advance=len(failed))
-        for positions, feats, masks in model.iter_frames(infos):
+        for positions, feats, masks in clips.iter_frames():
             for j, pos in enumerate(positions.tolist()):
                 buf.append((pos, feats[j].cpu(), masks[j].cpu()))
                 done.add(pos)
@@ -170,6 +174,22 @@ def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity
         bar.update(task, advance=len(lost))
         flush(final=True)
     return len(done), parts
+
+
+class _FileClips:
+    """The video files of a share, probed, decoded by the model's loaders."""
+
+    def __init__(self, model, root: Path, share: Sequence[Candidate]):
+        from .api import probe_videos
+
+        self.model, self.paths = model, [root / c.path for c in share]
+        self.infos = probe_videos(self.paths)
+
+    def iter_frames(self):
+        return self.model.iter_frames(self.infos)
+
+    def thumbnail(self, pos: int, dest: Path, seconds: float) -> bool:
+        return make_thumbnail(self.paths[pos], dest, seconds)
 
 
 # ------------------------------------------------------------------------------ the run
@@ -429,6 +449,7 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
                 store.set_meta(parts_made=number)
                 store.put_records((new[p][0] for p in keep_new), part["name"],
                                   range(len(keep_new)))
+            store.put_members((p, current[p].member) for p in keep_new if current[p].member)
             store.set_failed(failed_now.values(), keep=set(failed_now))
             store.own(f"{THUMBS}/{new[p][0].thumb}" for p in keep_new if new[p][0].thumb)
             store.set_meta(updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
