@@ -150,7 +150,7 @@ def test_serve_streams_the_member_and_its_ranges_only(shard_set, indexed, monkey
     assert client.get("/video/999").status_code == 404
 
 
-def test_shards_sampled_otherwise_than_the_model_are_refused(shard_set):
+def test_shards_sampled_otherwise_than_the_model_are_refused(shard_set, monkeypatch):
     from clip4clip_dali.archive.tar_clips import shard_candidates, with_model_sampling
     from clip4clip_dali.config import load_config
 
@@ -158,6 +158,11 @@ def test_shards_sampled_otherwise_than_the_model_are_refused(shard_set):
     data = data_cfg(dataset="shards", data_path=str(shard_set.shards / "manifest.json"))
     with pytest.raises(UserError, match="image_resolution is 64 there but 32"):
         shard_candidates(with_model_sampling(data, model_cfg), "test")
+    # a manifest given relative to the working folder: shards recorded by absolute path
+    monkeypatch.chdir(shard_set.root)
+    root, cands = shard_candidates(data_cfg(dataset="shards", data_path="shards"), "test")
+    assert root == shard_set.shards.resolve() and len(cands) == 5
+    assert all(c.member["tar"].startswith(str(root) + "/test-") for c in cands)
 
 
 def test_demo_indexes_and_searches_a_shards_test_split(shard_set, tmp_path, capsys):
@@ -252,3 +257,23 @@ def test_a_rewritten_shard_is_refused_then_indexed_again(shard_set, indexed):
     fresh = [r for r in again.records if r.path.startswith("test-000001.tar:")]
     assert len(fresh) == len(changed) and {r.rid for r in fresh}.isdisjoint(r.rid for r in changed)
     assert all(app_client(again).get(f"/video/{r.rid}").status_code == 200 for r in fresh)
+
+
+def test_an_index_written_before_tar_members_still_opens(tmp_path):
+    """An index of an earlier version has no members table: read-only it holds files only;
+    the next `index` run (writable) adds the table."""
+    from clip4clip_dali.archive.store import Store
+
+    Store.create(tmp_path, {"kind": "embeddings", "root": str(tmp_path)}).db.execute(
+        "DROP TABLE members")
+    old = Store.open(tmp_path)
+    assert old.member("a.tar:000000.webm") is None
+    old.close()
+    store = Store.open(tmp_path, writable=True)
+    m = {"tar": "/x/a.tar", "offset": 512, "size": 10, "tar_size": 2048, "tar_mtime": "1"}
+    with store.transaction():
+        store.put_members([("a.tar:000000.webm", m)])
+    assert store.member("a.tar:000000.webm") == m
+    with store.transaction():
+        store.drop_paths(["a.tar:000000.webm"])
+    assert store.member("a.tar:000000.webm") is None

@@ -48,6 +48,11 @@ def shard_candidates(data: DataConfig, split: str) -> tuple[Path, list[Candidate
 
     s = load_split(data, split)  # sampling checked, broken shards and members skipped by name
     store, shards = s.store, {}
+    remote = store.remote
+
+    def where(tar: str) -> str:  # a local shard by its absolute path: serve may run elsewhere
+        return store.where(tar) if remote else str(Path(store.where(tar)).resolve())
+
     out = []
     for v, vid in enumerate(s.video_ids):
         t, offset, size = (int(x) for x in s.locations[v])
@@ -58,10 +63,10 @@ def shard_candidates(data: DataConfig, split: str) -> tuple[Path, list[Candidate
         member = s.video_paths[v].rsplit(":", 1)[1]
         info = s.video_info[v]
         out.append(Candidate(vid, f"{tar}:{member}", size, stamp(tar_size, tar_mtime, offset),
-                             {"tar": store.where(tar), "offset": offset, "size": size,
+                             {"tar": where(tar), "offset": offset, "size": size,
                               "tar_size": tar_size, "tar_mtime": tar_mtime,
                               "frames": int(info.frames), "codec": info.codec}))
-    return Path(store.root), out
+    return Path(store.root) if remote else Path(store.root).resolve(), out
 
 
 def _store_and_name(tar: str):
