@@ -68,7 +68,8 @@ def indexed(shard_set):
     return VideoIndex(shard_set.index)
 
 
-def per_file_embeddings(shard_set) -> dict[str, torch.Tensor]:
+@pytest.fixture(scope="module")
+def per_file(shard_set) -> dict[str, torch.Tensor]:
     """Video id -> float16 embedding of its per-file pre-sampled clip, by the same model through
     the per-file loader (the frames the trainer sees from that set)."""
     from clip4clip_dali.api import load_model
@@ -88,7 +89,8 @@ def per_file_embeddings(shard_set) -> dict[str, torch.Tensor]:
     return out
 
 
-def test_index_of_a_shard_split_equals_the_per_file_presampled_clips(shard_set, indexed):
+def test_index_of_a_shard_split_equals_the_per_file_presampled_clips(shard_set, indexed,
+                                                                     per_file):
     records = indexed.records
     assert sorted(r.id for r in records) == sorted(shard_set.ids)
     for r in records:
@@ -98,13 +100,12 @@ def test_index_of_a_shard_split_equals_the_per_file_presampled_clips(shard_set, 
         assert indexed.thumb_file(r.rid) is not None  # drawn from the member's bytes
     rid, vecs = indexed.load_vectors()
     by_id = {indexed.record(int(i)).id: v for i, v in zip(rid, vecs["embeddings"])}
-    ref = per_file_embeddings(shard_set)
-    assert ref.keys() == by_id.keys()
-    for vid in ref:  # same bytes -> same frames -> the same vector, bit for bit
-        assert torch.equal(by_id[vid], ref[vid]), vid
+    assert per_file.keys() == by_id.keys()
+    for vid in per_file:  # same bytes -> same frames -> the same vector, bit for bit
+        assert torch.equal(by_id[vid], per_file[vid]), vid
 
 
-def test_search_finds_them(shard_set, indexed):
+def test_search_finds_them(shard_set, indexed, per_file):
     from clip4clip_dali.archive.searcher import Searcher
     from clip4clip_dali.data.msvd import load_captions
 
@@ -112,9 +113,8 @@ def test_search_finds_them(shard_set, indexed):
     searcher = Searcher.open(shard_set.index, device=torch.device("cpu"))
     query = captions[shard_set.ids[0]][0]
     hits = searcher.search([query], 5)[0]
-    ref = per_file_embeddings(shard_set)
     text = searcher.model.encode_text([query])[0]
-    scores = {vid: float(text @ e.float()) for vid, e in ref.items()}
+    scores = {vid: float(text @ e.float()) for vid, e in per_file.items()}
     assert [h["id"] for h in hits] == sorted(scores, key=scores.get, reverse=True)
     assert all(abs(h["score"] - scores[h["id"]]) < 2e-3 for h in hits)
 
@@ -130,6 +130,8 @@ def test_serve_streams_the_member_and_its_ranges_only(shard_set, indexed, monkey
     rec = next(r for r in indexed.records if r.path.endswith(":000001.webm"))
     member = indexed.store.member(rec.path)
     clip = (shard_set.pre / f"{rec.id}.webm").read_bytes()  # the bytes the shard holds
+    client.get(f"/video/{rec.rid}").close()
+    fds = len(os.listdir("/proc/self/fd"))
     reads = []
     pread = os.pread
     monkeypatch.setattr(os, "pread", lambda fd, n, off: reads.append((off, n)) or pread(fd, n, off))
@@ -147,6 +149,8 @@ def test_serve_streams_the_member_and_its_ranges_only(shard_set, indexed, monkey
     assert r.status_code == 416
     start, end = member["offset"], member["offset"] + member["size"]
     assert reads and all(start <= off and off + n <= end for off, n in reads)
+    assert client.head(f"/video/{rec.rid}").status_code == 200
+    assert len(os.listdir("/proc/self/fd")) == fds  # every response closed its shard
     assert client.get("/video/999").status_code == 404
 
 
