@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from clip4clip_dali.errors import UserError
-from conftest import REPO, free_port, require_realdata
+from conftest import REPO, require_realdata
+from s3_fixtures import S3_ENV, moto_with_shards
 
 sys.path.insert(0, str(REPO / "pipelines"))
 import make_shards as ms  # noqa: E402
@@ -182,39 +183,14 @@ def test_demo_indexes_and_searches_a_shards_test_split(shard_set, tmp_path, caps
     assert "5 test videos indexed" in capsys.readouterr().out
 
 
-# ---- S3 shards (moto's server on loopback, as test_shards.py) -----------------------------
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-          "AWS_EC2_METADATA_DISABLED": "true"}
-
-
 def test_s3_shards_are_indexed_and_served_by_ranged_gets(shard_set, indexed, tmp_path,
                                                          monkeypatch):
-    import socket
-    import subprocess
-    import time
-
-    import boto3
-
+    """(moto's S3 server on loopback, as tests/test_shards.py)"""
     from clip4clip_dali.archive.video_index import VideoIndex
 
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
+    with moto_with_shards(shard_set.shards) as (endpoint, client):
         for k, v in {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}.items():
             monkeypatch.setenv(k, v)
-        client = boto3.client("s3", endpoint_url=endpoint)
-        client.create_bucket(Bucket="clips")
-        for f in shard_set.shards.iterdir():
-            if f.is_file() and not f.name.startswith("."):
-                client.upload_file(str(f), "clips", f"set/{f.name}")
         config = tmp_path / "s3.yaml"
         config.write_text("data:\n  dataset: shards\n  data_path: s3://clips/set/manifest.json\n")
         assert index_cli("--checkpoint", str(shard_set.ckpt), "--config", str(config),
@@ -236,9 +212,6 @@ def test_s3_shards_are_indexed_and_served_by_ranged_gets(shard_set, indexed, tmp
         client.put_object(Bucket="clips", Key=f"set/{tar}",
                           Body=(shard_set.shards / tar).read_bytes() + b"\0" * 512)
         assert web.get(f"/video/{rec.rid}").status_code == 404
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_rewritten_shard_is_refused_then_indexed_again(shard_set, indexed):
