@@ -18,6 +18,7 @@ from ..data.shards_store import Store
 
 BLOCK = 256 * 1024  # bytes per read (per ranged GET on S3)
 TYPES = {"webm": "video/webm", "mp4": "video/mp4"}  # the containers shards hold (shards.CLIP_EXT)
+_S3: dict[tuple, Store] = {}  # a boto3 client costs tens of ms to make; it is thread-safe
 
 
 class MemberFile(io.RawIOBase):
@@ -66,7 +67,9 @@ def open_member(member: dict) -> MemberFile | None:
     None (rewritten, truncated or gone)."""
     tar, want = member["tar"], (int(member["tar_size"]), str(member["tar_mtime"]))
     if tar.startswith("s3://"):
-        store, name = Store.of(tar), tar.rsplit("/", 1)[-1]
+        root, name = tar.rsplit("/", 1)
+        key = (root, os.environ.get("AWS_ENDPOINT_URL"))
+        store = _S3.get(key) or _S3.setdefault(key, Store.of(tar))  # one client per prefix
         try:
             now = (store.size(name), str(store.mtime(name)))
         except OSError:  # gone (S3 errors without credentials or endpoint stay UserErrors)
