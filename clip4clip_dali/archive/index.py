@@ -7,7 +7,8 @@
 
 The model, its frame sampling and resolution come from the config saved in the checkpoint
 (``--config`` for a bare state dict, and for the data paths of ``--split``). Re-running encodes
-only new and changed files; unreadable files are listed and skipped. ``--ann`` picks the
+only new and changed files; unreadable files are listed and skipped. A split of a tar shard set
+(``data.dataset: shards``) is read out of its shards (:mod:`.tar_clips`). ``--ann`` picks the
 approximate index built at the end (see :mod:`.ann`). See :mod:`.indexer` and :mod:`.store`.
 """
 from __future__ import annotations
