@@ -30,10 +30,21 @@ def data_cfg(**kw):
                                 image_resolution=RES, dali_threads=1, prefetch=2), **kw})
 
 
-def index_cli(*args: str) -> dict:
+def index_cli(*args: str) -> int:
+    """The index command in this process, the package logger left as it was (main() sets it
+    up; conftest's restore_logging does not cover module fixtures, and later modules' caplog
+    would see nothing)."""
+    import logging
+
     from clip4clip_dali.archive.index import main
 
-    return main(["--no-progress", "--json", *args])
+    log = logging.getLogger("clip4clip_dali")
+    state = (list(log.handlers), log.propagate, log.level)
+    try:
+        return main(["--no-progress", "--json", *args])
+    finally:
+        log.handlers[:] = state[0]
+        log.propagate, log.level = state[1], state[2]
 
 
 @pytest.fixture(scope="module")
