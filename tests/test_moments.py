@@ -1,0 +1,247 @@
+"""Moment search: ``index --window/--stride``, time ranges in ``search``/``api``/``serve``, and
+the page starting the clip at the moment (headless Chromium).
+
+The long-video test needs a model that tells the moment apart. Training one from scratch on
+this machine takes minutes, so the query here is a vector, not words: the untrained tiny model's
+own embedding of a short clip that shows only the moment's shape (patched in for
+``encode_text``). What is tested is everything after the text tower: windows, their frame
+sampling, the vectors stored with start and end, ranking, merging and the ranges returned.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+import threading
+
+import numpy as np
+import pytest
+
+pytest.register_assert_rewrite("search_fixtures")
+from search_fixtures import save_untrained  # noqa: E402
+
+from clip4clip_dali.archive.moments import (candidates_for, check_windowing,  # noqa: E402
+                                            merge_hits, video_windows)
+from clip4clip_dali.errors import UserError  # noqa: E402
+
+FPS = 4
+SIZE = 64
+LONG_SECONDS = 60
+WINDOW, STRIDE = 6, 3
+
+
+# ------------------------------------------------------------------------------ rules
+@pytest.mark.parametrize("duration,window,stride,expected", [
+    (3.0, 10, 5, [(0, 3.0)]),                       # shorter than a window: one, clipped
+    (10.0, 10, 5, [(0, 10.0)]),                     # exactly one window
+    (20.0, 10, 5, [(0, 10), (5, 15), (10, 20)]),    # the last one ends at the video's end
+    (21.5, 10, 10, [(0, 10), (10, 20), (20, 21.5)]),  # back to back, the last clipped
+    (7.25, 4, 3, [(0, 4), (3, 7), (6, 7.25)]),
+])
+def test_window_enumeration(duration, window, stride, expected):
+    assert video_windows(duration, window, stride) == expected
+
+
+def test_windows_cover_every_second_once_started():
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        window = int(rng.integers(1, 30))
+        stride = int(rng.integers(1, window + 1))
+        duration = float(rng.uniform(0.1, 200))
+        w = video_windows(duration, window, stride)
+        assert w[0][0] == 0 and w[-1][1] == pytest.approx(duration, abs=1e-3)  # to the end
+        assert all(b[0] - a[0] == stride for a, b in zip(w, w[1:]))
+        assert all(a[1] >= b[0] for a, b in zip(w, w[1:]))  # no gap between windows
+        assert all(0 < e - s <= window for s, e in w)
+        assert len(w) == 1 or w[-2][0] + window < duration  # no window past the one reaching the end
+
+
+def test_window_flags_are_checked_up_front():
+    assert check_windowing(None, None) is None
+    assert check_windowing(10, None) == {"window": 10, "stride": 5}
+    assert check_windowing(7, 7) == {"window": 7, "stride": 7}
+    for window, stride, words in [(10, 11, "--stride 11 is longer than --window 10"),
+                                  (0, None, "--window must be"), (5, 0, "--stride must be"),
+                                  (None, 3, "--stride 3 needs --window")]:
+        with pytest.raises(UserError, match=words):
+            check_windowing(window, stride)
+
+
+def test_adjacent_and_overlapping_hits_of_a_video_merge():
+    def h(path, score, start, end):
+        return {"path": path, "score": score, "start": start, "end": end, "rid": int(score * 100)}
+
+    hits = [h("a", .9, 10., 20.), h("b", .85, 0., 5.), h("a", .8, 15., 25.), h("a", .7, 25., 35.),
+            h("a", .6, 40., 50.), h("b", .5, 10., 15.)]
+    out = merge_hits(hits)
+    assert [(x["path"], x["start"], x["end"], x["score"], x["windows"], x["rank"]) for x in out] == [
+        ("a", 10., 35., .9, 3, 1),   # 10-20, 15-25 overlap; 25-35 touches: one result
+        ("b", 0., 5., .85, 1, 2),    # 0-5 and 10-15 neither touch nor overlap: two
+        ("a", 40., 50., .6, 1, 3),
+        ("b", 10., 15., .5, 1, 4)]
+    assert out[0]["rid"] == 90  # the best window's record
+    whole = [{"path": "x", "score": 1.0, "rid": 1}, {"path": "x", "score": .5, "rid": 2}]
+    assert [x["rid"] for x in merge_hits(whole)] == [1, 2]  # whole videos are left alone
+    assert candidates_for(5, {"window": 10, "stride": 5}) == 25
+
+
+# ------------------------------------------------------------------------------ a long video
+def _frames(seconds: float, moment: tuple[float, float] | None, distractor: bool = True):
+    """Grey frames with a small red square wandering (always), and a big white cross in the
+    middle only between ``moment`` = (t0, t1) seconds."""
+    yy, xx = np.mgrid[0:SIZE, 0:SIZE]
+    c = SIZE // 2
+    cross = ((abs(xx - c) <= 4) & (abs(yy - c) <= 22)) | ((abs(yy - c) <= 4) & (abs(xx - c) <= 22))
+    for i in range(int(round(seconds * FPS))):
+        t = i / FPS
+        img = np.full((SIZE, SIZE, 3), 90, np.uint8)
+        if distractor:
+            x = int(4 + (SIZE - 14) * (0.5 + 0.5 * np.sin(t * 0.7)))
+            y = int(4 + (SIZE - 14) * (0.5 + 0.5 * np.cos(t * 0.3)))
+            img[y:y + 10, x:x + 10] = (200, 30, 30)
+        if moment is not None and moment[0] <= t < moment[1]:
+            img[cross] = 255
+        yield img
+
+
+@pytest.fixture(scope="session")
+def moment_setup(tmp_path_factory):
+    """A 60 s VP9 clip whose cross appears between drawn times, two short clips without it, the
+    reference clip of the cross alone, an untrained tiny model, and a moment index of the
+    folder made by the ``index`` CLI."""
+    import contextlib
+    import io
+
+    from clip4clip_dali.archive import index as index_cli
+    from clip4clip_dali.data.synthetic import write_video
+
+    root = tmp_path_factory.mktemp("moments")
+    videos = root / "videos"
+    videos.mkdir()
+    rng = np.random.default_rng(19)
+    t0 = float(rng.integers(8, 40))
+    moment = (t0, t0 + float(rng.integers(8, 13)))
+    write_video(videos / "long.webm", _frames(LONG_SECONDS, moment), FPS)
+    for name, secs in (("short_a", 5), ("short_b", 8)):
+        write_video(videos / f"{name}.webm", _frames(secs, None), FPS)
+    write_video(root / "cross.webm", _frames(3, (0, 3), distractor=False), FPS)
+    ckpt = save_untrained(root / "untrained.pt")
+    index = root / "index"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # the CLI in this process: no second start-up
+        assert index_cli.main(["--no-progress", "--checkpoint", str(ckpt), "--videos",
+                               str(videos), "--out", str(index), "--window", str(WINDOW),
+                               "--stride", str(STRIDE), "--json"]) == 0
+    summary = json.loads(printed.getvalue())
+    return {"root": root, "videos": videos, "ckpt": ckpt, "index": index, "moment": moment,
+            "summary": summary}
+
+
+@pytest.fixture(scope="session")
+def moment_searcher(moment_setup):
+    """The index's searcher, whose text tower is replaced by the reference clip's embedding."""
+    from clip4clip_dali.archive.searcher import Searcher
+
+    s = Searcher.open(moment_setup["index"], device="cpu")
+    ref = s.model.encode_videos([moment_setup["root"] / "cross.webm"])
+    s.model.encode_text = lambda texts, batch_size=256: ref.repeat(len(texts), 1)
+    return s
+
+
+def test_index_stores_one_vector_per_window(moment_setup):
+    from clip4clip_dali.archive.video_index import VideoIndex
+
+    s = moment_setup["summary"]
+    expected = {"long": video_windows(LONG_SECONDS, WINDOW, STRIDE),
+                "short_a": video_windows(5, WINDOW, STRIDE),
+                "short_b": video_windows(8, WINDOW, STRIDE)}
+    assert s["videos"] == 3 and s["windows"] == sum(map(len, expected.values()))
+    idx = VideoIndex(moment_setup["index"])
+    assert idx.windowing == {"window": WINDOW, "stride": STRIDE} and idx.num_videos == 3
+    got = {}
+    for r in idx.records:
+        got.setdefault(r.id, []).append((r.start, r.end))
+    assert {k: sorted(v) for k, v in got.items()} == {
+        k: [(float(a), float(b)) for a, b in v] for k, v in expected.items()}
+
+
+def test_search_finds_the_moment_and_merges_its_windows(moment_searcher, moment_setup):
+    t0, t1 = moment_setup["moment"]
+    hits = moment_searcher.search(["the white cross"], top_k=3)[0]
+    best = hits[0]
+    assert best["id"] == "long" and best["start"] < t1 and best["end"] > t0, (hits, (t0, t1))
+    assert best["windows"] >= 1 and [h["rank"] for h in hits] == [1, 2, 3]
+    long_ranges = sorted((h["start"], h["end"]) for h in hits if h["id"] == "long")
+    assert all(a[1] < b[0] for a, b in zip(long_ranges, long_ranges[1:]))  # merged: disjoint
+
+
+def test_search_cli_prints_time_ranges(moment_searcher, monkeypatch, capsys):
+    from clip4clip_dali.archive import search, searcher
+
+    monkeypatch.setattr(searcher.Searcher, "open", classmethod(lambda cls, *a, **k: moment_searcher))
+    assert search.main(["--index", str(moment_searcher.index.dir), "cross", "--top-k", "2"]) == 0
+    table = capsys.readouterr().out
+    first = moment_searcher.search(["cross"], 2)[0][0]
+    assert "time" in table.splitlines()[1] and search.time_range(first) in table
+    assert search.main(["--index", str(moment_searcher.index.dir), "cross", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"][0]["hits"]
+    assert all({"start", "end", "windows"} <= set(h) and h["start"] < h["end"] for h in hits)
+
+
+def test_other_window_settings_refused_and_a_grown_collection_extends(moment_setup, tmp_path):
+    from clip4clip_dali.archive import index as index_cli
+    from clip4clip_dali.archive.video_index import VideoIndex
+    from clip4clip_dali.data.synthetic import write_video
+
+    videos = tmp_path / "videos"
+    shutil.copytree(moment_setup["videos"], videos, copy_function=shutil.copy2)
+    out = tmp_path / "index"
+    shutil.copytree(moment_setup["index"], out)
+    con = sqlite3.connect(out / "index.sqlite")  # the copy indexes the copied folder
+    con.execute("UPDATE meta SET value=? WHERE key='root'", (json.dumps(str(videos)),))
+    con.commit()
+    con.close()
+    base = ["--no-progress", "--checkpoint", str(moment_setup["ckpt"]), "--videos", str(videos),
+            "--out", str(out), "--json"]
+    for extra, words in [(["--window", "8"], "8 s windows every 4 s"),  # default stride: half
+                         ([], "whole videos")]:
+        with pytest.raises(UserError, match=f"holds {WINDOW} s windows every {STRIDE} s.*{words}"):
+            index_cli.main(base + extra)
+    before = {(r.id, r.start) for r in VideoIndex(out).records}
+    write_video(videos / "new.webm", _frames(7, None), FPS)
+    assert index_cli.main(base + ["--window", str(WINDOW), "--stride", str(STRIDE)]) == 0
+    after = VideoIndex(out)
+    assert before < {(r.id, r.start) for r in after.records} and after.num_videos == 4
+    assert sorted(r.start for r in after.records if r.id == "new") == [0.0, 3.0]
+
+
+def test_an_index_without_window_columns_still_opens_and_extends(moment_setup, tmp_path):
+    """A store written before moments (no win_start/win_end columns, format 2) is read as
+    whole videos and extended as before."""
+    from clip4clip_dali.archive.indexer import build_index, folder_candidates
+    from clip4clip_dali.archive.searcher import Searcher
+    from clip4clip_dali.archive.video_index import VideoIndex
+    from clip4clip_dali.runsetup import checkpoint_config
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    for name in ("short_a", "short_b"):
+        shutil.copy2(moment_setup["videos"] / f"{name}.webm", videos)
+    out = tmp_path / "index"
+    cfg = checkpoint_config(moment_setup["ckpt"], None)
+    build_index(out, moment_setup["ckpt"], cfg, *folder_candidates(videos), show_progress=False)
+    con = sqlite3.connect(out / "index.sqlite")
+    con.execute("DROP INDEX videos_path_window")
+    con.execute("ALTER TABLE videos DROP COLUMN win_start")
+    con.execute("ALTER TABLE videos DROP COLUMN win_end")
+    con.commit()
+    con.close()
+    assert VideoIndex(out).windowing is None and VideoIndex(out).store.meta("format") == 2
+    hits = Searcher.open(out, device="cpu").search(["anything"], 5)[0]
+    assert len(hits) == 2 and not any("start" in h for h in hits)
+    shutil.copy2(moment_setup["videos"] / "long.webm", videos)
+    s = build_index(out, moment_setup["ckpt"], cfg, *folder_candidates(videos),
+                    show_progress=False)
+    assert s["videos"] == 3 and s["encoded"] == 1 and "windows" not in s
+    assert all(r.start is None for r in VideoIndex(out).records)
