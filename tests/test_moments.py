@@ -21,8 +21,7 @@ import pytest
 pytest.register_assert_rewrite("search_fixtures")
 from search_fixtures import save_untrained  # noqa: E402
 
-from clip4clip_dali.archive.moments import (candidates_for, check_windowing,  # noqa: E402
-                                            merge_hits, video_windows)
+from clip4clip_dali.archive.moments import check_windowing, merge_hits, video_windows  # noqa: E402
 from clip4clip_dali.errors import UserError  # noqa: E402
 
 FPS = 4
@@ -81,9 +80,17 @@ def test_adjacent_and_overlapping_hits_of_a_video_merge():
         ("a", 40., 50., .6, 1, 3),
         ("b", 10., 15., .5, 1, 4)]
     assert out[0]["rid"] == 90  # the best window's record
+    # top 3: the first three windows merge; later ones only add other moments (a's 25-35
+    # touches a listed moment and is dropped, a's 40-50 is a moment of its own)
+    out = merge_hits(hits, top_k=3)
+    assert [(x["path"], x["start"], x["end"], x["windows"]) for x in out] == [
+        ("a", 10., 25., 2), ("b", 0., 5., 1), ("a", 40., 50., 1)]
+    assert [(x["path"], x["start"]) for x in merge_hits(hits, top_k=2)] == [("a", 10.), ("b", 0.)]
+    bridge = [h("a", .9, 0., 10.), h("a", .8, 20., 30.), h("a", .7, 10., 20.)]
+    assert [(x["start"], x["end"], x["windows"], x["score"]) for x in merge_hits(bridge)] == [
+        (0., 30., 3, .9)]  # a window between two results joins them
     whole = [{"path": "x", "score": 1.0, "rid": 1}, {"path": "x", "score": .5, "rid": 2}]
     assert [x["rid"] for x in merge_hits(whole)] == [1, 2]  # whole videos are left alone
-    assert candidates_for(5, {"window": 10, "stride": 5}) == 25
 
 
 # ------------------------------------------------------------------------------ a long video
@@ -171,6 +178,8 @@ def test_search_finds_the_moment_and_merges_its_windows(moment_searcher, moment_
     hits = moment_searcher.search(["the white cross"], top_k=3)[0]
     best = hits[0]
     assert best["id"] == "long" and best["start"] < t1 and best["end"] > t0, (hits, (t0, t1))
+    # the range is the moment's, not the whole video's: at most a window beyond either end
+    assert best["start"] >= t0 - WINDOW and best["end"] <= t1 + WINDOW, (hits, (t0, t1))
     assert best["windows"] >= 1 and [h["rank"] for h in hits] == [1, 2, 3]
     long_ranges = sorted((h["start"], h["end"]) for h in hits if h["id"] == "long")
     assert all(a[1] < b[0] for a, b in zip(long_ranges, long_ranges[1:]))  # merged: disjoint
@@ -245,3 +254,77 @@ def test_an_index_without_window_columns_still_opens_and_extends(moment_setup, t
                     show_progress=False)
     assert s["videos"] == 3 and s["encoded"] == 1 and "windows" not in s
     assert all(r.start is None for r in VideoIndex(out).records)
+
+
+# ------------------------------------------------------------------------------ the page
+def _chromium(tmp_path):
+    CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+    CHROMEDRIVER = shutil.which("chromedriver")
+    missing = [n for n, ok in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not ok]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append("selenium (pip install -e '.[dev]')")
+    if missing:
+        why = f"{', '.join(missing)} not installed (.ci/run installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = CHROMIUM
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}",
+              "--autoplay-policy=no-user-gesture-required"):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+
+
+def test_playing_a_moment_starts_the_player_inside_its_range(moment_searcher, moment_setup,
+                                                               tmp_path):
+    from conftest import free_port
+    from waitress import create_server
+
+    from clip4clip_dali.archive.serve import create_app
+
+    port = free_port()
+    server = create_server(create_app(moment_searcher), host="127.0.0.1", port=port, threads=2)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    driver = None
+    try:
+        import urllib.request
+
+        body = json.loads(urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/search?q=cross&k=3", timeout=30).read())
+        assert all({"start", "end"} <= set(h) for h in body["hits"])
+        t0, t1 = moment_setup["moment"]
+        assert body["hits"][0]["start"] < t1 and body["hits"][0]["end"] > t0
+        driver = _chromium(tmp_path)
+        from selenium.webdriver.common.by import By
+        from selenium.webdriver.common.keys import Keys
+        from selenium.webdriver.support.ui import WebDriverWait
+
+        driver.get(f"http://127.0.0.1:{port}/")
+        assert "3 videos (moments: 6 s windows every 3 s)" in \
+            driver.find_element(By.CLASS_NAME, "about").text
+        driver.find_element(By.ID, "q").send_keys("the white cross", Keys.ENTER)
+        wait = WebDriverWait(driver, 60)
+        wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#results .card"))
+        cards = driver.find_elements(By.CSS_SELECTOR, "#results .card")
+        card = cards[0]
+        start, end = float(card.get_attribute("data-start")), float(card.get_attribute("data-end"))
+        assert start > 0, "the best moment should start after 0 s, so that a seek is needed"
+        assert card.find_element(By.CLASS_NAME, "moment").text == f"{start:.1f}\u2013{end:.1f} s"
+        card.click()
+        wait.until(lambda d: d.execute_script(
+            "const v = document.getElementById('clip');"
+            "return v.readyState >= 2 && !v.seeking && v.currentTime > 0"))
+        now = driver.execute_script("return document.getElementById('clip').currentTime")
+        assert start <= now <= end, (now, start, end)
+        assert f"{start:.1f}\u2013{end:.1f} s" in driver.find_element(By.ID, "playing").text
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.close()

@@ -4,8 +4,9 @@
 seconds, the last one clipped to the video's end; a video no longer than ``W`` is one window)
 and encodes each with the project's window sampling (``data.sampling.frame_indices`` with
 ``window=(start, start+W)``: the frames training sees for a caption with that start and end).
-``search`` ranks windows; the hits of one video whose ranges touch or overlap become one
-result covering them all, scored by the best of them.
+``search`` ranks windows; among the ``top_k`` best, those of one video whose ranges touch or
+overlap become one result covering them, scored by the best (``merge_hits``); further windows
+fill the list with other moments.
 """
 from __future__ import annotations
 
@@ -77,43 +78,39 @@ def video_windows(duration: float, window: int, stride: int) -> list[tuple[int, 
         start += stride
 
 
-def merge_hits(hits: list[dict]) -> list[dict]:
-    """Hits (best first, each with ``path``, ``score``, ``start``, ``end``) with those of one
-    video whose ranges touch or overlap merged into one: the best hit's fields, its range
-    widened to cover the group, ``windows`` the number merged. Best first, ranks renumbered.
-    Hits without a range (whole videos) pass through."""
+def merge_hits(hits: list[dict], top_k: int | None = None) -> list[dict]:
+    """Results from ranked windows (best first, each with ``path``, ``score``, ``start``,
+    ``end``): among the first ``top_k`` windows (all with None), those of one video whose ranges
+    touch or overlap become one result covering them (the best window's fields, ``windows`` the
+    number merged). A later window only fills the list: it starts a result when it touches none
+    of its video's results and is dropped when it does (a moment already listed is neither
+    widened by weaker windows nor listed twice). At most ``top_k`` results, best first, ranks
+    renumbered. Hits without a range (whole videos) pass through."""
+    results: list[dict] = []
     by_video: dict[str, list[dict]] = {}
-    for h in hits:
-        by_video.setdefault(h["path"], []).append(h)
-    merged = []
-    for group in by_video.values():
-        if group[0].get("start") is None:
-            merged.extend(group)
+    for n, h in enumerate(hits):
+        if top_k is not None and n >= top_k and len(results) >= top_k:
+            break
+        if h.get("start") is None:
+            results.append(dict(h))
             continue
-        group = sorted(group, key=lambda h: (h["start"], h["end"]))
-        cluster = [group[0]]
-        for h in group[1:]:
-            if h["start"] <= max(c["end"] for c in cluster):
-                cluster.append(h)
-            else:
-                merged.append(_one(cluster))
-                cluster = [h]
-        merged.append(_one(cluster))
-    merged.sort(key=lambda h: -h["score"])
-    for i, h in enumerate(merged):
-        h["rank"] = i + 1
-    return merged
-
-
-def _one(cluster: list[dict]) -> dict:
-    best = dict(max(cluster, key=lambda h: h["score"]))
-    best["start"] = min(h["start"] for h in cluster)
-    best["end"] = max(h["end"] for h in cluster)
-    best["windows"] = len(cluster)
-    return best
-
-
-def candidates_for(top_k: int, windowing: dict) -> int:
-    """How many windows to rank first for ``top_k`` merged results: each result may merge
-    about ``window / stride`` windows on each side of its best."""
-    return top_k * (2 * math.ceil(windowing["window"] / windowing["stride"]) + 1)
+        mine = by_video.setdefault(h["path"], [])
+        touching = [r for r in mine if h["start"] <= r["end"] and h["end"] >= r["start"]]
+        if touching:
+            if top_k is None or n < top_k:
+                keep = touching[0]  # the best of them: results are made best first
+                for r in touching[1:]:  # a window that bridges two results joins them
+                    keep["windows"] += r["windows"]
+                    mine.remove(r)
+                    results.remove(r)
+                keep["start"] = min([keep["start"], h["start"]] + [r["start"] for r in touching])
+                keep["end"] = max([keep["end"], h["end"]] + [r["end"] for r in touching])
+                keep["windows"] += 1
+            continue
+        if top_k is None or len(results) < top_k:
+            r = dict(h, windows=1)
+            mine.append(r)
+            results.append(r)
+    for i, r in enumerate(results):
+        r["rank"] = i + 1
+    return results

@@ -17,7 +17,7 @@ import torch
 
 from ..errors import UserError
 from . import ann
-from .moments import candidates_for, merge_hits
+from .moments import merge_hits
 from .store import VideoIndexError, check_size
 from .video_index import VideoIndex, crc32_file
 
@@ -137,8 +137,9 @@ class Searcher:
 
     def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict]]:
         """Per query the ``top_k`` best videos, best first: rank, score, id, path, rid...; in a
-        moment index also ``start``, ``end`` (seconds) and ``windows``: the hits of one video
-        whose windows touch or overlap are one result covering them, scored by the best."""
+        moment index also ``start``, ``end`` (seconds) and ``windows``: among the ``top_k`` best
+        windows, those of one video that touch or overlap are one result covering them, scored
+        by the best; weaker windows only add other moments (``moments.merge_hits``)."""
         queries = [q.strip() for q in queries]
         if not queries or any(not q for q in queries):
             raise UserError("a query is empty; give a few words, e.g. \"a man is slicing bread\".")
@@ -147,11 +148,11 @@ class Searcher:
         text = self.model.encode_text(list(queries))
         if not self.index.windowing:
             return self._hits(*self._rank(text, top_k))
-        total, k = len(self.index), candidates_for(top_k, self.index.windowing)
+        total, k = len(self.index), top_k
         while True:  # rank more windows until merging leaves top_k results (or all are ranked)
-            out = [merge_hits(h) for h in self._hits(*self._rank(text, min(k, total)))]
+            out = [merge_hits(h, top_k) for h in self._hits(*self._rank(text, min(k, total)))]
             if k >= total or all(len(h) >= top_k for h in out):
-                return [h[:top_k] for h in out]
+                return out
             k *= 4
 
     def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
