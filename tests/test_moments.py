@@ -65,6 +65,13 @@ def test_window_flags_are_checked_up_front():
                                   (None, 3, "--stride 3 needs --window")]:
         with pytest.raises(UserError, match=words):
             check_windowing(window, stride)
+    import argparse
+
+    from clip4clip_dali.archive.moments import whole_seconds
+
+    assert whole_seconds("--window")("12") == 12
+    with pytest.raises(argparse.ArgumentTypeError, match="whole number of seconds.*--window 2$"):
+        whole_seconds("--window")("2.5")
 
 
 def test_adjacent_and_overlapping_hits_of_a_video_merge():

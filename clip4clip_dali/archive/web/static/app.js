@@ -31,8 +31,8 @@ function range(hit) {
   return `${hit.start.toFixed(1)}\u2013${hit.end.toFixed(1)} s`;
 }
 
-// The clip starts at the moment's start once its length is known, and goes back there when
-// it runs past the moment's end (the player's loop then replays only the moment).
+// The clip starts at the moment's start once its length is known (seeking earlier is ignored
+// by the browser); the rest of the video stays a scrub away.
 let moment = null;
 
 function seekToMoment() {
@@ -40,9 +40,6 @@ function seekToMoment() {
 }
 
 clip.addEventListener("loadedmetadata", seekToMoment);
-clip.addEventListener("timeupdate", () => {
-  if (moment && clip.currentTime > moment.end + 0.25) clip.currentTime = moment.start;
-});
 
 function play(hit) {
   player.hidden = false;
