@@ -335,3 +335,25 @@ def test_playing_a_moment_starts_the_player_inside_its_range(moment_searcher, mo
         if driver is not None:
             driver.quit()
         server.close()
+
+
+def test_a_split_with_time_windows_lists_each_file_once(moment_setup, tmp_path):
+    """``index --split`` on a split whose captions name windows (one entry per window) indexes
+    each file once, under the file's own id."""
+    from clip4clip_dali.archive.collect import split_candidates
+    from clip4clip_dali.config import load_config
+    from layout_fixtures import write_lines
+    from search_fixtures import DEMO
+
+    videos = moment_setup["videos"]
+    path = write_lines(tmp_path / "moments.jsonl", [
+        {"video": str(videos / "long.webm"), "caption": "the cross", "split": "test",
+         "start": 26, "end": 36},
+        {"video": str(videos / "long.webm"), "caption": "the start", "split": "test",
+         "start": 0, "end": 5},
+        {"video": str(videos / "short_a.webm"), "caption": "a red square", "split": "test"}])
+    cfg = load_config(DEMO, ["data.dataset=jsonl", f"data.data_path={path}",
+                             "data.synthetic.videos=0"])
+    root, cands = split_candidates(cfg, "test")
+    assert root == videos and sorted((c.id, c.path) for c in cands) == [
+        (str(videos / "long.webm"), "long.webm"), (str(videos / "short_a.webm"), "short_a.webm")]
