@@ -232,9 +232,26 @@ def test_other_window_settings_refused_and_a_grown_collection_extends(moment_set
     assert sorted(r.start for r in after.records if r.id == "new") == [0.0, 3.0]
 
 
+# The videos table as the store wrote it before moments (format 2, commit dba76a1).
+MAIN_VIDEOS_TABLE = """
+DROP INDEX videos_path_window; DROP INDEX videos_part; DROP INDEX videos_thumb;
+CREATE TABLE old(rid INTEGER PRIMARY KEY AUTOINCREMENT,
+    path TEXT UNIQUE NOT NULL, id TEXT NOT NULL, size INTEGER NOT NULL,
+    mtime_ns INTEGER NOT NULL, duration REAL NOT NULL, frames INTEGER NOT NULL,
+    fps REAL NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, codec TEXT NOT NULL,
+    thumb TEXT, part TEXT NOT NULL REFERENCES parts(name), row INTEGER NOT NULL);
+INSERT INTO old SELECT rid, path, id, size, mtime_ns, duration, frames, fps, width, height,
+    codec, thumb, part, row FROM videos;
+DROP TABLE videos;
+ALTER TABLE old RENAME TO videos;
+CREATE INDEX videos_part ON videos(part);
+CREATE INDEX videos_thumb ON videos(thumb);
+"""
+
+
 def test_an_index_without_window_columns_still_opens_and_extends(moment_setup, tmp_path):
-    """A store written before moments (no win_start/win_end columns, format 2) is read as
-    whole videos and extended as before."""
+    """A store written before moments (its videos table as it was: no win_start/win_end,
+    format 2) is read as whole videos and extended as before."""
     from clip4clip_dali.archive.indexer import build_index, folder_candidates
     from clip4clip_dali.archive.searcher import Searcher
     from clip4clip_dali.archive.video_index import VideoIndex
@@ -248,10 +265,7 @@ def test_an_index_without_window_columns_still_opens_and_extends(moment_setup, t
     cfg = checkpoint_config(moment_setup["ckpt"], None)
     build_index(out, moment_setup["ckpt"], cfg, *folder_candidates(videos), show_progress=False)
     con = sqlite3.connect(out / "index.sqlite")
-    con.execute("DROP INDEX videos_path_window")
-    con.execute("ALTER TABLE videos DROP COLUMN win_start")
-    con.execute("ALTER TABLE videos DROP COLUMN win_end")
-    con.commit()
+    con.executescript(MAIN_VIDEOS_TABLE)
     con.close()
     assert VideoIndex(out).windowing is None and VideoIndex(out).store.meta("format") == 2
     hits = Searcher.open(out, device="cpu").search(["anything"], 5)[0]
