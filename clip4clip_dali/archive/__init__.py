@@ -6,6 +6,8 @@
     collect.py      what to index (a folder, a split), robust to odd names, loops, vanishing
     thumbs.py       one thumbnail per video
     indexer.py      build or extend an index (incremental, resumable, torchrun)
+    encode.py staging.py   one rank's encoding of its share; its staged parts (resume)
+    moments.py      moment search: time windows per video, merging a video's hits
     ann.py ann_update.py   approximate search (FAISS, the [search] extra) and its upkeep
     searcher.py     rank an index for text queries (exact, ANN, tightTransf re-ranking)
     legacy.py       convert an index.json index (the first format)

@@ -72,13 +72,14 @@ def backend_groups(cfg: Config, infos: Sequence, device: torch.device) -> dict[s
 
 
 def _loader(cfg: Config, backend: str, infos: Sequence, positions: list[int],
-            device: torch.device, batch_size: int):
+            device: torch.device, batch_size: int, windows: Sequence | None = None):
     from ..data.loader import build_loader
     from ..data.msvd import MSVDSplit
 
     split = MSVDSplit("videos", [str(p) for p in positions],
                       [Path(infos[p].path) for p in positions], [infos[p] for p in positions],
-                      [], np.zeros(0, dtype=np.int64))
+                      [], np.zeros(0, dtype=np.int64),
+                      video_window=None if windows is None else [windows[p] for p in positions])
     run_cfg = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, loader=backend),
         train=dataclasses.replace(cfg.train, eval_batch_size=batch_size))
@@ -124,16 +125,20 @@ class VideoTextModel:
 
     # ---------------------------------------------------------------------------- video
     @torch.no_grad()
-    def iter_frames(self, infos: Sequence, batch_size: int | None = None
+    def iter_frames(self, infos: Sequence, batch_size: int | None = None,
+                    windows: Sequence | None = None
                     ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
         """(positions, (b, T, D) frame features, (b, T) mask) batch by batch for the probed
-        videos ``infos`` (``probe_videos``); a video that fails to decode never appears."""
+        videos ``infos`` (``probe_videos``); a video that fails to decode never appears.
+        ``windows[i]`` (whole seconds ``(start, end)`` or None) samples only that time window of
+        video ``i``, as training samples a caption's window; ``infos`` may repeat a video."""
         batch_size = batch_size or self.batch_size
         usable = [i for i, info in enumerate(infos) if info.ok]
         groups = backend_groups(self.config, [infos[i] for i in usable], self.device)
         for backend, members in groups.items():
             positions = [usable[m] for m in members]
-            loader = _loader(self.config, backend, infos, positions, self.device, batch_size)
+            loader = _loader(self.config, backend, infos, positions, self.device, batch_size,
+                             windows)
             yield from self.iter_loader(loader, positions)
 
     @torch.no_grad()

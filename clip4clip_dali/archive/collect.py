@@ -60,7 +60,8 @@ def folder_candidates(videos: str | Path) -> tuple[Path, list[Candidate]]:
 
 def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
     """The videos of a split of the config's dataset (any layout), relative to the deepest
-    folder that holds them all (a JSONL file's videos need not lie under data.features_path)."""
+    folder that holds them all (a JSONL file's videos need not lie under data.features_path),
+    each file once (a split with time windows lists a file once per window)."""
     from ..data.dataset import load_split
 
     if cfg.data.dataset == "shards":  # clips inside tars: members, not files
@@ -71,8 +72,15 @@ def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
     paths = [Path(p).resolve() for p in s.video_paths]
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else \
         Path(cfg.data.features_path).resolve()
-    out = [_candidate(root, p.relative_to(root).as_posix(), vid)
-           for vid, p in zip(s.video_ids, paths)]
+    out, seen = [], set()
+    for v, (vid, p) in enumerate(zip(s.video_ids, paths)):
+        if p in seen:  # a file with captions for several time windows: one entry per window
+            continue
+        seen.add(p)
+        w = s.window_of(v)
+        if w is not None and vid.endswith(f"@{w[0]}-{w[1]}"):  # data.split.entry_id's name
+            vid = vid[:-len(f"@{w[0]}-{w[1]}")]
+        out.append(_candidate(root, p.relative_to(root).as_posix(), vid))
     return root, [c for c in out if c is not None]
 
 

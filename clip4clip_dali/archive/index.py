@@ -2,6 +2,7 @@
 
     python -m clip4clip_dali.index --checkpoint runs/demo/best.pt --videos DIR --out INDEX_DIR
     python -m clip4clip_dali.index --checkpoint CKPT [--config CFG] --split test --out INDEX_DIR
+    python -m clip4clip_dali.index --checkpoint CKPT --videos DIR --out DIR --window 10 --stride 5
     python -m clip4clip_dali.index --convert INDEX_DIR        # an index.json index, once
     torchrun --nproc_per_node=N -m clip4clip_dali.index ...
 
@@ -9,7 +10,9 @@ The model, its frame sampling and resolution come from the config saved in the c
 (``--config`` for a bare state dict, and for the data paths of ``--split``). Re-running encodes
 only new and changed files; unreadable files are listed and skipped. A split of a tar shard set
 (``data.dataset: shards``) is read out of its shards (:mod:`.tar_clips`). ``--ann`` picks the
-approximate index built at the end (see :mod:`.ann`). See :mod:`.indexer` and :mod:`.store`.
+approximate index built at the end (see :mod:`.ann`). ``--window``/``--stride`` index each video
+as overlapping time windows, one vector each, for moment search (:mod:`.moments`). See
+:mod:`.indexer` and :mod:`.store`.
 """
 from __future__ import annotations
 
@@ -61,6 +64,7 @@ def run_config(checkpoint: str, config: str | None, overrides: list[str]) -> tup
 def main(argv: list[str] | None = None) -> int:
     from .ann import KINDS
     from .indexer import build_index, folder_candidates, split_candidates
+    from .moments import check_windowing, whole_seconds
     from ..runsetup import setup_logging
 
     p = argparse.ArgumentParser(prog="python -m clip4clip_dali.index",
@@ -80,6 +84,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ann", choices=KINDS, default=None,
                    help="approximate search: auto (exact below 20,000 videos, ivf above; the "
                         "default for a new index), exact, ivf, hnsw (needs the [search] extra)")
+    p.add_argument("--window", type=whole_seconds("--window"), metavar="SECONDS",
+                   help="moment search: index each video as windows of SECONDS (whole seconds; "
+                        "the last one clipped to the video, a shorter video is one window), "
+                        "one vector each, so that search answers which video and when")
+    p.add_argument("--stride", type=whole_seconds("--stride"), metavar="SECONDS",
+                   help="with --window: seconds from one window's start to the next (at most "
+                        "the window; default half of it, rounded up)")
     p.add_argument("--rebuild", action="store_true", help="start the index afresh")
     p.add_argument("--retry-failed", action="store_true",
                    help="try again the files that failed before even if they did not change")
@@ -98,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.out:
         raise UserError("--out INDEX_DIR is required: the folder of the index to build or "
                         "extend.")
+    window = check_windowing(args.window, args.stride)
     if args.flush_every < 1:
         raise UserError(f"--flush-every must be at least 1, got {args.flush_every}.")
     if bool(args.videos) == bool(args.split):
@@ -119,8 +131,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             data = (given or cfg).data
             if data.dataset == "shards":
-                from .tar_clips import with_model_sampling
+                from .tar_clips import NO_WINDOWS, with_model_sampling
 
+                if window:
+                    raise UserError(NO_WINDOWS)
                 data = with_model_sampling(data, cfg)
             data_cfg = dataclasses.replace(cfg, data=data)
             root, candidates = split_candidates(data_cfg, args.split)
@@ -129,12 +143,15 @@ def main(argv: list[str] | None = None) -> int:
                               rebuild=args.rebuild, retry_failed=args.retry_failed,
                               flush_every=args.flush_every,
                               show_progress=not args.no_progress, source=source,
-                              ann_kind=args.ann)
+                              ann_kind=args.ann, window=window)
         if info.is_main:
             if args.json:
                 print(json.dumps(summary, indent=1))
             else:
-                print(f"index {summary['index']}: {summary['videos']} videos ({summary['encoded']} "
+                windows = (f" as {summary['windows']} windows of {window['window']} s every "
+                           f"{window['stride']} s" if window else "")
+                print(f"index {summary['index']}: {summary['videos']} videos{windows} "
+                      f"({summary['encoded']} "
                       f"encoded now at {summary['videos_per_s']} videos/s, {summary['kept']} "
                       f"kept, {summary['removed']} removed), {len(summary['failed'])} unreadable")
                 a = summary["ann"]

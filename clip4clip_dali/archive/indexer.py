@@ -14,7 +14,6 @@ index deletes only files it wrote and recorded.
 """
 from __future__ import annotations
 
-import json
 import logging
 import time
 import uuid
@@ -32,164 +31,13 @@ from .collect import Candidate, folder_candidates, split_candidates  # noqa: F40
 from .store import (CONFIG_FILE, DB_FILE, LEGACY_FILE, LOCK_FILE, PARTS, THUMBS, VECTORS,
                     FailedVideo, Store, VideoIndexError, VideoRecord, WriterLock,
                     atomic_write_text, row_dtype, write_part)
-from .thumbs import make_thumbnail, thumb_name
+from .encode import encode_share, layout_of
+from .moments import describe as describe_windows
+from .staging import drop_staged as _drop_staged, read_staged as _read_staged
+from .staging import stage as _stage, staged as _staged  # noqa: F401 (benchmarks use _stage)
 from .video_index import VideoIndex, describe, model_identity, read_part
 
 log = logging.getLogger("clip4clip_dali")
-
-
-# ------------------------------------------------------------------------------ staged parts
-def _staged(out: Path) -> list[Path]:
-    d = out / PARTS
-    return sorted(d.glob("*.json"), key=lambda p: p.stat().st_mtime_ns) if d.is_dir() else []
-
-
-def _stage(out: Path, name: str, identity: dict, records: list[VideoRecord],
-           failed: list[FailedVideo], rows: np.ndarray | None) -> str:
-    d = out / PARTS
-    d.mkdir(parents=True, exist_ok=True)
-    part = write_part(d / f"{name}.f16", rows) if rows is not None and len(rows) else None
-    doc = {"model_sha256": identity["sha256"], "config_sha256": identity["config_sha256"],
-           "records": [asdict(r) for r in records], "failed": [asdict(f) for f in failed],
-           "part": part}
-    atomic_write_text(d / f"{name}.json", json.dumps(doc))  # last: the part is complete
-    return f"{name}.json"
-
-
-def _read_staged(out: Path, identity: dict, layout: dict | None, rows: bool = True) -> list[tuple]:
-    """Complete staged parts written with this model, oldest first: (json path, records,
-    failed, rows or None). Parts of another model, unreadable or damaged ones are dropped."""
-    found = []
-    for p in _staged(out):
-        try:
-            doc = json.loads(p.read_text(encoding="utf-8"))
-            mine = (doc["model_sha256"] == identity["sha256"]
-                    and doc["config_sha256"] == identity["config_sha256"])
-            records = [VideoRecord(**r) for r in doc["records"]]
-            data = None
-            if rows and records and mine:
-                data = read_part(p.with_suffix(".f16"), doc["part"], layout, out)
-            if records and not doc["part"]:
-                raise ValueError("records without vectors")
-        except (OSError, ValueError, KeyError, TypeError, VideoIndexError):
-            mine = False
-        if not mine:
-            log.warning("discarding the staged part %s (another model's, unreadable or damaged)", p)
-            _drop_staged(p)
-            continue
-        found.append((p, records, [FailedVideo(**f) for f in doc["failed"]], data))
-    return found
-
-
-def _drop_staged(p: Path) -> None:
-    p.with_suffix(".f16").unlink(missing_ok=True)
-    p.unlink(missing_ok=True)
-
-
-# ------------------------------------------------------------------------------ encoding
-def _progress(enabled: bool, what: str):
-    from rich.console import Console
-    from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn,
-                               TextColumn, TimeElapsedColumn, TimeRemainingColumn)
-    from rich.text import Text
-
-    class Rate(ProgressColumn):
-        def render(self, task) -> Text:
-            return Text(f"{task.speed or 0.0:.1f} videos/s")
-
-    return Progress(TextColumn(what), BarColumn(), MofNCompleteColumn(), Rate(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), disable=not enabled,
-                    console=Console(stderr=True))
-
-
-def layout_of(model) -> dict:
-    if model.separable:
-        return {"dim": model.embed_dim}
-    return {"frames": model.config.data.max_frames, "dim": model.embed_dim}
-
-
-def _rows(model, layout: dict, frames: torch.Tensor, mask: torch.Tensor) -> np.ndarray:
-    if "frames" not in layout:
-        return model.video_embeddings(frames, mask).half().cpu().numpy()
-    out = np.empty(frames.shape[0], dtype=row_dtype(layout))
-    out["frames"] = frames.half().cpu().numpy()
-    out["mask"] = mask.to(torch.uint8).cpu().numpy()
-    return out
-
-
-def _encode_share(model, root: Path, out: Path, share: list[Candidate], identity: dict,
-                  layout: dict, run_id: str, rank: int, flush_every: int, show: bool,
-                  what: str) -> tuple[int, list[str]]:
-    """Probe, decode and encode this rank's share, staging parts. Returns (encoded, parts)."""
-    if share and share[0].member is not None:  # clips inside tar shards
-        from .tar_clips import MemberClips
-
-        clips = MemberClips(model, share)
-    else:
-        clips = _FileClips(model, root, share)
-    (out / THUMBS).mkdir(parents=True, exist_ok=True)
-    infos = clips.infos
-    failed = [FailedVideo(c.path, c.size, c.mtime_ns, i.error or "no frames")
-              for c, i in zip(share, infos) if not i.ok]
-    for f in failed:
-        log.warning("skipping unreadable video %s: %s", root / f.path, f.error)
-    parts: list[str] = []
-    buf: list[tuple[int, torch.Tensor, torch.Tensor]] = []
-    done: set[int] = set()
-
-    def flush(final: bool = False) -> None:
-        nonlocal buf
-        if not buf and not (final and failed):
-            return
-        records = []
-        for pos, _, _ in buf:
-            c, info = share[pos], infos[pos]
-            thumb = thumb_name(c.path, c.size, c.mtime_ns)
-            ok = clips.thumbnail(pos, out / THUMBS / thumb, info.duration / 2)
-            records.append(VideoRecord(c.id, c.path, c.size, c.mtime_ns, round(info.duration, 3),
-                                       info.frames, round(info.fps, 4), info.width, info.height,
-                                       info.codec, thumb if ok else None))
-        rows = None
-        if buf:
-            rows = _rows(model, layout, torch.stack([f for _, f, _ in buf]),
-                         torch.stack([m for _, _, m in buf]))
-        name = f"{run_id}-r{rank}-{len(parts):05d}"
-        parts.append(_stage(out, name, identity, records, failed if final else [], rows))
-        buf = []
-
-    with _progress(show, what) as bar:
-        task = bar.add_task("encode", total=len(share))
-        bar.update(task, advance=len(failed))
-        for positions, feats, masks in clips.iter_frames():
-            for j, pos in enumerate(positions.tolist()):
-                buf.append((pos, feats[j].cpu(), masks[j].cpu()))
-                done.add(pos)
-            bar.update(task, advance=len(positions))
-            if len(buf) >= flush_every:
-                flush()
-        lost = [i for i, info in enumerate(infos) if info.ok and i not in done]
-        for i in lost:  # the loaders logged why
-            failed.append(FailedVideo(share[i].path, share[i].size, share[i].mtime_ns,
-                                      "failed to decode"))
-        bar.update(task, advance=len(lost))
-        flush(final=True)
-    return len(done), parts
-
-
-class _FileClips:
-    """The video files of a share, probed, decoded by the model's loaders."""
-
-    def __init__(self, model, root: Path, share: Sequence[Candidate]):
-        from .api import probe_videos
-
-        self.model, self.paths = model, [root / c.path for c in share]
-        self.infos = probe_videos(self.paths)
-
-    def iter_frames(self):
-        return self.model.iter_frames(self.infos)
-
-    def thumbnail(self, pos: int, dest: Path, seconds: float) -> bool:
-        return make_thumbnail(self.paths[pos], dest, seconds)
 
 
 # ------------------------------------------------------------------------------ the run
@@ -197,10 +45,12 @@ def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path
                 candidates: Sequence[Candidate], info: D.DistInfo | None = None,
                 rebuild: bool = False, retry_failed: bool = False, flush_every: int = 256,
                 show_progress: bool = True, source: dict | None = None,
-                ann_kind: str | None = None) -> dict:
+                ann_kind: str | None = None, window: dict | None = None) -> dict:
     """Index ``candidates`` (files under ``root``) into ``out`` with the checkpoint's model.
     Every rank calls it. ``ann_kind`` (see :mod:`.ann`; None keeps the index's, ``auto`` for a
-    new one). Returns a summary (videos, encoded, kept, removed, failed, seconds, ann)."""
+    new one). ``window`` (``moments.check_windowing``): index each video as time windows; an
+    index made with other settings is refused. Returns a summary (videos, windows, encoded,
+    kept, removed, failed, seconds, ann)."""
     from .api import VideoTextModel
     from ..runsetup import model_from_checkpoint
 
@@ -227,7 +77,8 @@ def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path
         plan = None
         if info.is_main:
             try:
-                plan = _plan(out, identity, cfg, layout, root, candidates, retry_failed, source)
+                plan = _plan(out, identity, cfg, layout, root, candidates, retry_failed, source,
+                             window)
             except UserError as e:
                 plan = e
         plan = D.broadcast_object(plan)
@@ -238,9 +89,9 @@ def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path
         run_id = D.broadcast_object(uuid.uuid4().hex[:8])
         what = "encoding" + (f" (rank 0's share of {info.world_size})" if info.distributed else "")
         t_enc = time.perf_counter()
-        encoded, parts = _encode_share(model, root, out, share, identity, layout, run_id,
-                                       info.rank, max(1, flush_every),
-                                       show_progress and info.is_main, what)
+        encoded, parts = encode_share(model, root, out, share, identity, layout, run_id,
+                                      info.rank, max(1, flush_every),
+                                      show_progress and info.is_main, what, window)
         enc_seconds = time.perf_counter() - t_enc
         counts = D.all_reduce_sum([float(encoded)], info.device)
         all_parts = _gather_objects(parts)
@@ -251,7 +102,7 @@ def build_index(out: str | Path, checkpoint: str | Path, cfg: Config, root: Path
                 raise VideoIndexError(f"rank 0 cannot see parts other ranks wrote under "
                                       f"{out / PARTS} (e.g. {missing[0]}); under torchrun on "
                                       f"several machines --out must be a folder they all share.")
-            summary = _merge(out, identity, layout, root, candidates, plan)
+            summary = _merge(out, identity, layout, root, candidates, plan, window)
             from .ann_update import update_ann
 
             summary["ann"] = update_ann(out, ann_kind, summary.pop("added"),
@@ -332,7 +183,8 @@ def remove_index(out: Path) -> None:
 
 
 def _plan(out: Path, identity: dict, cfg: Config, layout: dict, root: Path,
-          candidates: Sequence[Candidate], retry_failed: bool, source: dict | None) -> dict:
+          candidates: Sequence[Candidate], retry_failed: bool, source: dict | None,
+          window: dict | None = None) -> dict:
     """What to keep and what to encode, from the store and the staged parts; creates the store
     (with its model, root and layout) when the folder has none."""
     import yaml
@@ -340,10 +192,16 @@ def _plan(out: Path, identity: dict, cfg: Config, layout: dict, root: Path,
     if not Store.exists(out):
         Store.create(out, {"kind": "embeddings" if "frames" not in layout else "frames",
                            "root": str(root), "model": identity, "layout": layout,
-                           "source": source or {"videos": str(root)}}).close()
+                           "source": source or {"videos": str(root)},
+                           **({"window": window} if window else {})}).close()
         atomic_write_text(out / CONFIG_FILE, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
     index = VideoIndex(out)
     index.check_model(identity, "this run's checkpoint")
+    if index.windowing != window:
+        raise VideoIndexError(f"the index {out} holds {describe_windows(index.windowing)}, but "
+                              f"this run asks for {describe_windows(window)}; run it with the "
+                              f"index's settings, or index into another --out folder (or pass "
+                              f"--rebuild to replace it).")
     if index.root != root:
         raise VideoIndexError(f"the index {out} is of the videos under {index.root}, not "
                               f"{root}; index them into another --out folder, or pass "
@@ -351,7 +209,7 @@ def _plan(out: Path, identity: dict, cfg: Config, layout: dict, root: Path,
     damaged = _drop_damaged(out, index)
     known = {p: v[:2] for p, v in index.store.stamps().items()}
     known_failed = {f.path: (f.size, f.mtime_ns) for f in index.failed}
-    for _, records, failed, _ in _read_staged(out, identity, layout, rows=False):
+    for _, records, failed, _ in _read_staged(out, identity, layout, rows=False, window=window):
         known.update({r.path: (r.size, r.mtime_ns) for r in records})
         known_failed.update({f.path: (f.size, f.mtime_ns) for f in failed})
     todo, kept, kept_failed = [], 0, 0
@@ -396,9 +254,11 @@ def _drop_damaged(out: Path, index: VideoIndex) -> int:
 
 
 def _merge(out: Path, identity: dict, layout: dict, root: Path,
-           candidates: Sequence[Candidate], plan: dict) -> dict:
+           candidates: Sequence[Candidate], plan: dict, window: dict | None = None) -> dict:
     """Rank 0: the staged parts, reduced to the files of the collection as they are now,
-    appended as one vector part; records added, replaced and dropped in one transaction."""
+    appended as one vector part; records added, replaced and dropped in one transaction.
+    A file's records (its windows in a moment index) are staged together and replace all of
+    its old ones."""
     current = {c.path: c for c in candidates}
 
     def fresh(x) -> bool:
@@ -409,21 +269,25 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
         c = current.get(path)
         return c is not None and (c.size, c.mtime_ns) == stamp[:2]
 
-    staged = _read_staged(out, identity, layout)
-    new: dict[str, tuple[VideoRecord, np.ndarray, int]] = {}
+    staged = _read_staged(out, identity, layout, window=window)
+    new: dict[str, list[tuple[VideoRecord, np.ndarray, int]]] = {}
     new_failed: dict[str, FailedVideo] = {}
     for _, records, failed, data in staged:
+        mine: dict[str, list] = {}
         for i, r in enumerate(records):
-            new[r.path] = (r, data, i)
-            new_failed.pop(r.path, None)
+            mine.setdefault(r.path, []).append((r, data, i))
+        for path, rows in mine.items():  # a later part's encoding of a file replaces an earlier
+            new[path] = rows
+            new_failed.pop(path, None)
         for f in failed:
             new_failed[f.path] = f
             new.pop(f.path, None)
-    keep_new = sorted(p for p, (r, _, _) in new.items() if fresh(r))
+    keep_new = sorted(p for p, rows in new.items() if fresh(rows[0][0]))
     replaced = set(keep_new)
+    kept_rows = [x for p in keep_new for x in new[p]]
     store = Store.open(out, writable=True)
     try:
-        old = store.stamps()  # path -> (size, mtime_ns, rid, thumb)
+        old = store.stamps()  # path -> (size, mtime_ns, rids, thumb)
         old_failed = {f.path: f for f in store.failed()}
         failed_now = {p: f for p, f in {**old_failed, **new_failed}.items()
                       if fresh(f) and p not in replaced
@@ -437,8 +301,8 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
                             f"clip4clip_dali.data.manifest) or transcode them.")
         part = None
         if keep_new:
-            rows = np.stack([new[p][1][new[p][2]] for p in keep_new]) if "frames" not in layout \
-                else np.array([new[p][1][new[p][2]] for p in keep_new], dtype=row_dtype(layout))
+            rows = np.stack([d[i] for _, d, i in kept_rows]) if "frames" not in layout \
+                else np.array([d[i] for _, d, i in kept_rows], dtype=row_dtype(layout))
             (out / VECTORS).mkdir(exist_ok=True)
             number = 1 + max([int(n[5:-4]) for n in store.parts()] + [store.meta("parts_made", 0)])
             part = write_part(out / VECTORS / f"part-{number}.f16", rows)
@@ -447,16 +311,16 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
             if part:  # numbers are never reused: a reader may still map an older part
                 store.add_part(part)
                 store.set_meta(parts_made=number)
-                store.put_records((new[p][0] for p in keep_new), part["name"],
-                                  range(len(keep_new)))
+                store.put_records((r for r, _, _ in kept_rows), part["name"],
+                                  range(len(kept_rows)))
             store.put_members((p, current[p].member) for p in keep_new if current[p].member)
             store.set_failed(failed_now.values(), keep=set(failed_now))
-            store.own(f"{THUMBS}/{new[p][0].thumb}" for p in keep_new if new[p][0].thumb)
+            store.own({f"{THUMBS}/{new[p][0][0].thumb}" for p in keep_new if new[p][0][0].thumb})
             store.set_meta(updated=time.strftime("%Y-%m-%dT%H:%M:%S"))
         added = store.db.execute("SELECT rid FROM videos WHERE part=?",
                                  (part["name"],)).fetchall() if part else []
         _collect_garbage(out, store, dropped, store.parts() if dropped else {})
-        videos = store.count()
+        videos, windows = store.count_files(), store.count()
     finally:
         store.close()
     for p, *_ in staged:
@@ -470,13 +334,16 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
         log.warning("%d unreadable video(s) left out of the index (kept in %s, table failed), "
                     "e.g. %s: %s", len(failed_list), out, failed_list[0].path,
                     failed_list[0].error)
-    return {"videos": videos, "kept": plan["kept"], "failed": [asdict(f) for f in failed_list],
+    summary = {"videos": videos, "kept": plan["kept"], "failed": [asdict(f) for f in failed_list],
             "removed": sum(1 for p, _, _ in dropped if p not in current), "index": str(out),
             "kind": "frames" if "frames" in layout else "embeddings",
-            "added": [a[0] for a in added], "dropped": [rid for _, rid, _ in dropped]}
+            "added": [a[0] for a in added], "dropped": [r for _, rids, _ in dropped for r in rids]}
+    if window:
+        summary["windows"] = windows
+    return summary
 
 
-def _collect_garbage(out: Path, store: Store, dropped: list[tuple[str, int, str | None]],
+def _collect_garbage(out: Path, store: Store, dropped: list[tuple[str, list[int], str | None]],
                      parts_before: dict[str, dict]) -> None:
     """After the commit: the thumbnails of dropped records and the vector parts no record uses
     any more (both recorded as the index's own)."""

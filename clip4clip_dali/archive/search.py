@@ -9,7 +9,9 @@ of text and video embeddings (meanP, seqLSTM, seqTransf) or the cross encoder's 
 (tightTransf, which runs over every indexed video for every query: slower). ``--json`` prints
 ``{"index", "model", "score", "results": [{"query", "hits": [{"rank", "score", "id", "path",
 "rid", "duration"}]}]}`` (``rid``: the video's record id in the index, stable across
-updates). ``--exact`` scores every vector even when the index has an approximate one;
+updates). An index made with ``index --window`` answers which video and when: each hit also
+has ``start`` and ``end`` (seconds; the table prints them as ``from-to s``) and ``windows``, the
+number of neighbouring windows of the video merged into it. ``--exact`` scores every vector even when the index has an approximate one;
 tightTransf re-ranks the approximate index's best ``--rerank`` videos with its cross encoder.
 """
 from __future__ import annotations
@@ -74,10 +76,18 @@ def results_json(searcher, queries: list[str], hits: list[list[dict]]) -> dict:
 
 def print_results(queries: list[str], hits: list[list[dict]], score_kind: str, out=sys.stdout) -> None:
     for q, hs in zip(queries, hits):
+        timed = any("start" in h for h in hs)
         print(f"query: {q}", file=out)
-        print(f"  {'rank':>4}  {score_kind:>8}  id  path", file=out)
+        print(f"  {'rank':>4}  {score_kind:>8}  " + (f"{'time':>13}  " if timed else "")
+              + "id  path", file=out)
         for h in hs:
-            print(f"  {h['rank']:>4}  {h['score']:8.4f}  {h['id']}  {h['path']}", file=out)
+            when = f"{time_range(h):>13}  " if timed else ""
+            print(f"  {h['rank']:>4}  {h['score']:8.4f}  {when}{h['id']}  {h['path']}", file=out)
+
+
+def time_range(hit: dict) -> str:
+    """``12.0-27.5 s`` for a moment, empty for a whole video."""
+    return f"{hit['start']:.1f}-{hit['end']:.1f} s" if "start" in hit else ""
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -17,6 +17,7 @@ import torch
 
 from ..errors import UserError
 from . import ann
+from .moments import merge_hits
 from .store import VideoIndexError, check_size
 from .video_index import VideoIndex, crc32_file
 
@@ -135,14 +136,26 @@ class Searcher:
         return np.stack([x[:width] for x in out_s]), np.stack([x[:width] for x in out_i])
 
     def search(self, queries: Sequence[str], top_k: int = 10) -> list[list[dict]]:
-        """Per query the ``top_k`` best videos, best first: rank, score, id, path, rid..."""
+        """Per query the ``top_k`` best videos, best first: rank, score, id, path, rid...; in a
+        moment index also ``start``, ``end`` (seconds) and ``windows``: among the ``top_k`` best
+        windows, those of one video that touch or overlap are one result covering them, scored
+        by the best; weaker windows only add other moments (``moments.merge_hits``)."""
         queries = [q.strip() for q in queries]
         if not queries or any(not q for q in queries):
             raise UserError("a query is empty; give a few words, e.g. \"a man is slicing bread\".")
         if top_k < 1:
             raise UserError(f"top_k must be at least 1, got {top_k}.")
         text = self.model.encode_text(list(queries))
-        scores, ids = self._rank(text, top_k)
+        if not self.index.windowing:
+            return self._hits(*self._rank(text, top_k))
+        total, k = len(self.index), top_k
+        while True:  # rank more windows until merging leaves top_k results (or all are ranked)
+            out = [merge_hits(h, top_k) for h in self._hits(*self._rank(text, min(k, total)))]
+            if k >= total or all(len(h) >= top_k for h in out):
+                return out
+            k *= 4
+
+    def _hits(self, scores: np.ndarray, ids: np.ndarray) -> list[list[dict]]:
         wanted = sorted({int(r) for r in ids.ravel() if r >= 0})
         records = {r.rid: r for r in self.index.store.records(wanted)}
         out = []
@@ -152,8 +165,11 @@ class Searcher:
                 rec = records.get(int(rid))
                 if rec is None:  # -1 (fewer than k found) or dropped since the ANN was built
                     continue
-                hits.append({"rank": len(hits) + 1, "score": round(float(score), 6),
-                             "id": rec.id, "path": str(self.index.root / rec.path),
-                             "rid": rec.rid, "duration": round(rec.duration, 3)})
+                hit = {"rank": len(hits) + 1, "score": round(float(score), 6), "id": rec.id,
+                       "path": str(self.index.root / rec.path), "rid": rec.rid,
+                       "duration": round(rec.duration, 3)}
+                if rec.start is not None:
+                    hit.update(start=rec.start, end=rec.end)
+                hits.append(hit)
             out.append(hits)
         return out

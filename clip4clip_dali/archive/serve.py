@@ -92,7 +92,8 @@ def create_app(searcher, hosts: set[str] | None = None):
 
     @app.get("/")
     def page():
-        return render_template("index.html", videos=len(index), model=index.identity,
+        return render_template("index.html", videos=index.num_videos, windowing=index.windowing,
+                               model=index.identity,
                                score_kind=searcher.score_kind, max_chars=MAX_QUERY_CHARS)
 
     @app.get("/api/search")
@@ -203,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     server = create_server(app, host=args.host, port=args.port, threads=args.threads,
                            ident="", clear_untrusted_proxy_headers=True)
-    print(f"serving {len(index)} videos of {index.dir} at http://{args.host}:{args.port}/ "
+    print(f"serving {index.num_videos} videos of {index.dir} at http://{args.host}:{args.port}/ "
           f"({searcher.method} search; Ctrl-C to stop)", flush=True)
     try:
         server.run()

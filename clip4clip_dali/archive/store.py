@@ -1,7 +1,8 @@
 """An index folder on disk: records in SQLite, vectors in memory-mapped float16 part files.
 
-    INDEX_DIR/index.sqlite         (WAL) meta (format, kind, root, model, row layout, ANN),
-                                   one row per video (``rid``: a stable record id, never
+    INDEX_DIR/index.sqlite         (WAL) meta (format, kind, root, model, row layout, ANN,
+                                   window), one row per video, or per time window of a video
+                                   in a moment index (``rid``: a stable record id, never
                                    reused), the unreadable files, the vector parts and their
                                    CRC-32, the files the index wrote
     INDEX_DIR/config.yaml          the config of the model (sampling, resolution, heads)
@@ -23,6 +24,11 @@ versions) holds files only.
 A run appends one part and changes the records in one transaction that names it, after the
 part is written and synced: a reader's snapshot only ever names complete parts. Opening reads
 the meta rows only; records, parts and checksums are read when a search needs them.
+
+Format 2 indexes whole videos. Format 3 (``index --window W --stride S``, meta ``window``)
+indexes overlapping windows: several rows per file, each with its ``win_start``/``win_end`` in
+seconds; older versions refuse it rather than show windows as videos. Both formats are read;
+a format-2 store made before windows has no window columns and reads them as NULL.
 """
 from __future__ import annotations
 
@@ -41,6 +47,7 @@ import numpy as np
 from ..errors import UserError
 
 FORMAT = 2
+WINDOWED_FORMAT = 3
 DB_FILE = "index.sqlite"
 LEGACY_FILE = "index.json"
 CONFIG_FILE = "config.yaml"
@@ -54,10 +61,12 @@ CREATE TABLE IF NOT EXISTS meta(key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS parts(name TEXT PRIMARY KEY, rows INTEGER NOT NULL,
     bytes INTEGER NOT NULL, crc32 INTEGER NOT NULL, created TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS videos(rid INTEGER PRIMARY KEY AUTOINCREMENT,
-    path TEXT UNIQUE NOT NULL, id TEXT NOT NULL, size INTEGER NOT NULL,
+    path TEXT NOT NULL, id TEXT NOT NULL, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, duration REAL NOT NULL, frames INTEGER NOT NULL,
     fps REAL NOT NULL, width INTEGER NOT NULL, height INTEGER NOT NULL, codec TEXT NOT NULL,
-    thumb TEXT, part TEXT NOT NULL REFERENCES parts(name), row INTEGER NOT NULL);
+    thumb TEXT, part TEXT NOT NULL REFERENCES parts(name), row INTEGER NOT NULL,
+    win_start REAL, win_end REAL);
+CREATE UNIQUE INDEX IF NOT EXISTS videos_path_window ON videos(path, IFNULL(win_start, -1));
 CREATE INDEX IF NOT EXISTS videos_part ON videos(part);
 CREATE INDEX IF NOT EXISTS videos_thumb ON videos(thumb);
 CREATE TABLE IF NOT EXISTS failed(path TEXT PRIMARY KEY, size INTEGER NOT NULL,
@@ -88,6 +97,8 @@ class VideoRecord:
     codec: str
     thumb: str | None  # file name under thumbs/, None when no frame could be drawn
     rid: int = 0  # the record id, set by the store
+    start: float | None = None  # a moment index's window, in seconds; None: the whole video
+    end: float | None = None
 
 
 @dataclass
@@ -99,6 +110,7 @@ class FailedVideo:
 
 
 RECORD_COLUMNS = [f.name for f in fields(VideoRecord)]
+WINDOW_COLUMNS = {"start": "win_start", "end": "win_end"}
 
 
 def now() -> str:
@@ -196,6 +208,12 @@ class Store:
     def __init__(self, folder: Path, db: sqlite3.Connection):
         self.dir = folder
         self.db = db
+        have = {r[1] for r in db.execute("PRAGMA table_info(videos)")}
+        # a store written before windows existed lacks their columns: read them as NULL
+        self.has_windows = set(WINDOW_COLUMNS.values()) <= have
+        self._select = ", ".join(
+            c if c not in WINDOW_COLUMNS else (WINDOW_COLUMNS[c] if self.has_windows else "NULL")
+            for c in RECORD_COLUMNS)
 
     # -------------------------------------------------------------- opening
     @staticmethod
@@ -229,9 +247,10 @@ class Store:
         except sqlite3.DatabaseError as e:
             raise VideoIndexError(f"{path} could not be read ({e}); the index is damaged: "
                                   f"rebuild it with `clip4clip_dali.index --rebuild`.") from None
-        if fmt != FORMAT:
+        if fmt not in (FORMAT, WINDOWED_FORMAT):
             raise VideoIndexError(f"{path} is an index of format {fmt}, this version reads "
-                                  f"format {FORMAT}; rebuild it with this version.")
+                                  f"formats {FORMAT} and {WINDOWED_FORMAT}; rebuild it with "
+                                  f"this version.")
         return store
 
     @classmethod
@@ -242,7 +261,8 @@ class Store:
         db.executescript(SCHEMA)
         store = cls(folder, db)
         with store.transaction():
-            store.set_meta(format=FORMAT, created=now(), **meta)
+            store.set_meta(format=WINDOWED_FORMAT if meta.get("window") else FORMAT,
+                           created=now(), **meta)
         return store
 
     def close(self) -> None:
@@ -262,11 +282,15 @@ class Store:
 
     # -------------------------------------------------------------- records
     def count(self) -> int:
+        """Records: videos, or windows in a moment index."""
         return self.db.execute("SELECT COUNT(*) FROM videos").fetchone()[0]
+
+    def count_files(self) -> int:
+        return self.db.execute("SELECT COUNT(DISTINCT path) FROM videos").fetchone()[0]
 
     def records(self, rids: Sequence[int] | None = None) -> list[VideoRecord]:
         """The records of ``rids`` in that order (a missing id is left out), or all by id."""
-        cols = ", ".join(RECORD_COLUMNS)
+        cols = self._select
         if rids is None:
             rows = self.db.execute(f"SELECT {cols} FROM videos ORDER BY rid").fetchall()
             return [VideoRecord(*r) for r in rows]
@@ -280,11 +304,17 @@ class Store:
                 found[rec.rid] = rec
         return [found[i] for i in ids if i in found]
 
-    def stamps(self) -> dict[str, tuple[int, int, int, str | None]]:
-        """path -> (size, mtime_ns, rid, thumb) of every record: what a writer needs to plan,
-        without building a million records."""
-        return {r[0]: r[1:] for r in
-                self.db.execute("SELECT path, size, mtime_ns, rid, thumb FROM videos")}
+    def stamps(self) -> dict[str, tuple[int, int, list[int], str | None]]:
+        """path -> (size, mtime_ns, record ids, thumb) of every file (several ids: its windows
+        in a moment index): what a writer needs to plan, without building a million records."""
+        out: dict[str, tuple] = {}
+        for path, size, mtime_ns, rid, thumb in self.db.execute(
+                "SELECT path, size, mtime_ns, rid, thumb FROM videos ORDER BY rid"):
+            if path in out:
+                out[path][2].append(rid)
+            else:
+                out[path] = (size, mtime_ns, [rid], thumb)
+        return out
 
     def record(self, rid: int) -> VideoRecord | None:
         got = self.records([rid])
@@ -338,9 +368,11 @@ class Store:
         self.own([f"{VECTORS}/{part['name']}"])
 
     def put_records(self, records: Iterable[VideoRecord], part: str, rows: Iterable[int]) -> None:
-        """Insert records (replacing the one of the same path, which gets a new id)."""
-        cols = [c for c in RECORD_COLUMNS if c != "rid"]
-        q = (f"INSERT INTO videos({', '.join(cols)}, part, row) "
+        """Insert records (the caller dropped those of the same paths first)."""
+        cols = [c for c in RECORD_COLUMNS if c != "rid"
+                and (c not in WINDOW_COLUMNS or self.has_windows)]
+        names = [WINDOW_COLUMNS.get(c, c) for c in cols]
+        q = (f"INSERT INTO videos({', '.join(names)}, part, row) "
              f"VALUES({', '.join('?' * (len(cols) + 2))})")
         self.db.executemany(q, ([getattr(r, c) for c in cols] + [part, int(i)]
                                 for r, i in zip(records, rows)))

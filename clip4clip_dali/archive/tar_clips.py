@@ -23,9 +23,13 @@ from typing import Iterator, Sequence
 import numpy as np
 
 from ..config import Config, DataConfig
+from ..errors import UserError
 from .collect import Candidate
 
 SAMPLING_KEYS = ("feature_framerate", "max_frames", "slice_framepos", "image_resolution")
+NO_WINDOWS = ("index --window: the clips of a tar shard set are pre-sampled (a few frames of "
+              "each video), so they cannot be cut into time windows; index the source videos "
+              "with --videos and --window.")
 
 
 def with_model_sampling(data: DataConfig, model_cfg: Config) -> DataConfig:
@@ -96,10 +100,14 @@ class MemberClips:
             self._stores[tar] = _store_and_name(tar)
         return self._stores[tar]
 
-    def iter_frames(self, batch_size: int | None = None
+    def iter_frames(self, infos: Sequence | None = None, windows: Sequence | None = None,
+                    batch_size: int | None = None
                     ) -> Iterator[tuple[np.ndarray, "object", "object"]]:
-        """``VideoTextModel.iter_frames`` for the members: per shard store one shard loader in
-        evaluation mode (a member that does not decode never appears)."""
+        """``VideoTextModel.iter_frames`` for the members (``infos``: this share's, in order):
+        per shard store one shard loader in evaluation mode (a member that does not decode
+        never appears). A pre-sampled clip has no time windows to sample."""
+        if windows is not None and any(w is not None for w in windows):
+            raise UserError(NO_WINDOWS)
         from ..data.loader import build_loader
         from ..data.shards import ShardSplit
 

@@ -89,10 +89,17 @@ class VideoIndex:
         self.identity: dict = self.store.meta("model")
         self.kind: str = self.store.meta("kind")  # "embeddings" or "frames"
         self.layout: dict = self.store.meta("layout")
+        # a moment index: {"window": W, "stride": S} (seconds); None: one vector per video
+        self.windowing: dict | None = self.store.meta("window")
         self._parts: dict[str, np.ndarray] = {}
 
     def __len__(self) -> int:
+        """Records: videos, or their windows in a moment index."""
         return self.store.count()
+
+    @property
+    def num_videos(self) -> int:
+        return self.store.count_files() if self.windowing else len(self)
 
     @property
     def records(self) -> list[VideoRecord]:

@@ -22,11 +22,39 @@ function say(text, isError) {
   status.className = isError ? "error" : "";
 }
 
+// A moment (a hit of an index made with --window) has start and end in seconds.
+function isMoment(hit) {
+  return typeof hit.start === "number" && typeof hit.end === "number";
+}
+
+function range(hit) {
+  return `${hit.start.toFixed(1)}\u2013${hit.end.toFixed(1)} s`;
+}
+
+// The clip starts at the moment's start once its length is known (seeking earlier is ignored
+// by the browser); the rest of the video stays a scrub away.
+let moment = null;
+
+function seekToMoment() {
+  if (moment && Math.abs(clip.currentTime - moment.start) > 0.05) clip.currentTime = moment.start;
+}
+
+clip.addEventListener("loadedmetadata", seekToMoment);
+
 function play(hit) {
   player.hidden = false;
-  playing.textContent = `#${hit.rank} ${hit.id} (${hit.name}, ${hit.duration.toFixed(1)} s)`;
-  clip.src = hit.video;
-  clip.dataset.rid = hit.rid;
+  moment = isMoment(hit) ? {start: hit.start, end: hit.end} : null;
+  const at = moment ? `, ${range(hit)} of ${hit.duration.toFixed(1)} s`
+                    : `, ${hit.duration.toFixed(1)} s`;
+  playing.textContent = `#${hit.rank} ${hit.id} (${hit.name}${at})`;
+  clip.dataset.start = moment ? hit.start : "";
+  clip.dataset.end = moment ? hit.end : "";
+  if (clip.dataset.rid === String(hit.rid) && clip.readyState >= 1) {
+    seekToMoment();  // the same file: no new load, so no loadedmetadata
+  } else {
+    clip.src = hit.video;
+    clip.dataset.rid = hit.rid;
+  }
   clip.play().catch(() => {});
   player.scrollIntoView({behavior: "smooth", block: "nearest"});
 }
@@ -58,7 +86,13 @@ function card(hit) {
   meta.appendChild(el("span", "score", hit.score.toFixed(3)));
   c.appendChild(meta);
   c.appendChild(el("div", "id", hit.id));
-  c.appendChild(el("div", "duration", `${hit.duration.toFixed(1)} s`));
+  if (isMoment(hit)) {
+    c.appendChild(el("div", "moment", range(hit)));
+    c.dataset.start = hit.start;
+    c.dataset.end = hit.end;
+  } else {
+    c.appendChild(el("div", "duration", `${hit.duration.toFixed(1)} s`));
+  }
   c.addEventListener("click", () => play(hit));
   c.addEventListener("keydown", (ev) => { if (ev.key === "Enter") play(hit); });
   return c;
