@@ -72,10 +72,10 @@ CREATE INDEX IF NOT EXISTS videos_thumb ON videos(thumb);
 CREATE TABLE IF NOT EXISTS failed(path TEXT PRIMARY KEY, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owned(name TEXT PRIMARY KEY);
-CREATE TABLE IF NOT EXISTS members(path TEXT PRIMARY KEY, tar TEXT NOT NULL,
-    offset INTEGER NOT NULL, size INTEGER NOT NULL, tar_size INTEGER NOT NULL,
-    tar_mtime TEXT NOT NULL);
 """
+MEMBERS_TABLE = """CREATE TABLE IF NOT EXISTS members(path TEXT PRIMARY KEY, tar TEXT NOT NULL,
+    offset INTEGER NOT NULL, size INTEGER NOT NULL, tar_size INTEGER NOT NULL,
+    tar_mtime TEXT NOT NULL)"""
 MEMBER_COLUMNS = ("tar", "offset", "size", "tar_size", "tar_mtime")
 
 
@@ -242,8 +242,8 @@ class Store:
                                      isolation_level=None, check_same_thread=False)
             store = cls(d, db)
             fmt = store.meta("format")
-            if writable and fmt == FORMAT:  # an index of an older version gains new tables
-                db.executescript(SCHEMA)
+            if writable and fmt == FORMAT:  # an index of an older version gains the table
+                db.execute(MEMBERS_TABLE)
         except sqlite3.DatabaseError as e:
             raise VideoIndexError(f"{path} could not be read ({e}); the index is damaged: "
                                   f"rebuild it with `clip4clip_dali.index --rebuild`.") from None
@@ -259,6 +259,7 @@ class Store:
         db = sqlite3.connect(str(folder / DB_FILE), timeout=30, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
+        db.execute(MEMBERS_TABLE)
         store = cls(folder, db)
         with store.transaction():
             store.set_meta(format=WINDOWED_FORMAT if meta.get("window") else FORMAT,
