@@ -242,7 +242,7 @@ class Store:
                                      isolation_level=None, check_same_thread=False)
             store = cls(d, db)
             fmt = store.meta("format")
-            if writable and fmt == FORMAT:  # an index of an older version gains the table
+            if writable and fmt in (FORMAT, WINDOWED_FORMAT):  # an older index gains the table
                 db.execute(MEMBERS_TABLE)
         except sqlite3.DatabaseError as e:
             raise VideoIndexError(f"{path} could not be read ({e}); the index is damaged: "
