@@ -3,7 +3,7 @@ source (what ``data.dataset=shards`` does), against per-file pre-sampled clips. 
 graph after the bytes (decode whole, normalise, pad), same threads; passes interleaved.
 
     python benchmarks/shards_readers.py --presampled DIR --data-path MSVD_DATA --manifest M \
-        [--batch 8] [--rounds 3] [--threads 2]
+        [--batch 8] [--rounds 3] [--threads 2] [--profile]
 
 (``benchmarks/throughput.py --prepare presampled,shards`` leaves such sets in its cache.)
 Every reader's batches are copied into torch tensors, as the loaders deliver them. Prints one
@@ -84,6 +84,45 @@ def loader_pass(loader, max_frames: int):
     return run
 
 
+def in_memory_loader(split, data_cfg, batch: int):
+    """The per-file loader with every clip's bytes read into memory beforehand: what is left
+    is DALI's work and the loader's own (the ceiling any reader can reach)."""
+    import numpy as np
+
+    from clip4clip_dali.data.dali_loader import DaliLoader
+
+    class InMemory(DaliLoader):
+        def _read_clip(self, v: int):
+            return clips[v]
+
+    clips = [np.fromfile(p, dtype=np.uint8) for p in split.video_paths]
+    return InMemory(split, data_cfg, "eval", batch)
+
+
+def read_only_us(read, n: int) -> float:
+    """Microseconds per clip to get the bytes of clips 0..n-1 (no decoding)."""
+    t0 = time.perf_counter()
+    for v in range(n):
+        read(v)
+    return 1e6 * (time.perf_counter() - t0) / n
+
+
+def timed_feed(loader) -> list:
+    """Wraps ``loader._feed`` (reading a batch's bytes, on the thread that runs the pipeline);
+    returns the list its seconds are appended to."""
+    spent, feed = [], loader._feed
+
+    def timed(batch):
+        t0 = time.perf_counter()
+        try:
+            return feed(batch)
+        finally:
+            spent.append(time.perf_counter() - t0)
+
+    loader._feed = timed
+    return spent
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--presampled", required=True)
@@ -94,6 +133,9 @@ def main() -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--max-frames", type=int, default=12)
     ap.add_argument("--resolution", type=int, default=224)
+    ap.add_argument("--profile", action="store_true",
+                    help="also: reads alone (us per clip), DALI on bytes already in memory, and "
+                         "the seconds the shard loader spends feeding bytes")
     args = ap.parse_args()
     from clip4clip_dali.config import DataConfig
     from clip4clip_dali.data.dali_loader import DaliLoader
@@ -111,16 +153,38 @@ def main() -> int:
             "shards, readers.webdataset": webdataset_pass(Path(args.manifest), args.batch,
                                                           args.threads, args.resolution,
                                                           args.max_frames)}
+    feeds = {}
+    if args.profile:  # where the time goes: the reads alone, and DALI without any read
+        import numpy as np
+
+        split = load_split(per_file, "train")
+        mem = in_memory_loader(split, per_file, args.batch)
+        runs["in memory: no read at all (decode, normalise, pad)"] = loader_pass(
+            mem, args.max_frames)
+        shard_loader = ShardLoader(load_split(shards, "train"), shards, "eval", args.batch)
+        feeds = {"shards, ranged reads (ShardLoader)": timed_feed(shard_loader)}
+        runs["shards, ranged reads (ShardLoader)"] = loader_pass(shard_loader, args.max_frames)
+        n = split.num_videos
+        for _ in range(2):  # the second pass is the one reported: page cache warm, as in training
+            reads = {"per-file np.fromfile": read_only_us(
+                         lambda v: np.fromfile(split.video_paths[v], dtype=np.uint8), n),
+                     "shards pread": read_only_us(shard_loader._fetch, n)}
+        print(json.dumps({"read_only_us_per_clip": {k: round(v, 1) for k, v in reads.items()},
+                          "clips": n, "load_average": os.getloadavg()}))
     for run in runs.values():  # warm-up pass each
         run()
+    for spent in feeds.values():
+        spent.clear()
     got = {k: [] for k in runs}
     for _ in range(args.rounds):
         for k, run in runs.items():
             got[k].append(run())
     for k, v in got.items():
-        print(json.dumps({"reader": k, "frames_per_s": [round(x, 1) for x in v],
-                          "median": round(statistics.median(v), 1),
-                          "load_average": os.getloadavg()}))
+        row = {"reader": k, "frames_per_s": [round(x, 1) for x in v],
+               "median": round(statistics.median(v), 1), "load_average": os.getloadavg()}
+        if k in feeds:
+            row["feed_seconds_per_pass"] = round(sum(feeds[k]) / args.rounds, 4)
+        print(json.dumps(row))
     return 0
 
 

@@ -23,10 +23,6 @@ def index_and_search(cfg: Config, split: str, info: D.DistInfo, top_k: int = 3) 
     from .runsetup import checkpoint_config
     from .archive.searcher import Searcher
 
-    if cfg.data.dataset == "shards":
-        log.warning("eval.index_test_split: skipped, index --split cannot read tar shards yet "
-                    "(index the source clips with python -m clip4clip_dali.index --videos)")
-        return None
     out = Path(cfg.train.output_dir)
     checkpoint = out / "best.pt" if (out / "best.pt").is_file() else out / "latest.pt"
     model_cfg = checkpoint_config(checkpoint, cfg)

@@ -21,6 +21,7 @@ from clip4clip_dali.data.shards_store import parse_index
 from clip4clip_dali.errors import UserError
 from conftest import REPO, free_port
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
+from s3_fixtures import S3_ENV, moto_with_shards
 
 sys.path.insert(0, str(REPO / "pipelines"))
 import make_shards as ms  # noqa: E402
@@ -246,48 +247,11 @@ def test_other_sampling_is_refused_naming_both_values(sets):
         build_loader(run_cfg(cfg), load_split(cfg, "val"), "eval")
 
 
-def test_index_of_a_shard_split_is_refused_with_the_way_round(sets):
-    from clip4clip_dali.archive.collect import split_candidates
-
-    cfg = run_cfg(shards_cfg(sets[2]))
-    with pytest.raises(UserError, match="cannot read a tar shard set yet.*--videos FOLDER"):
-        split_candidates(cfg, "test")
-
-
 # ---- S3 (moto's server on loopback: a real S3 API, no network) --------------------------
-S3_ENV = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_REGION": "us-east-1",
-          "AWS_EC2_METADATA_DISABLED": "true"}
-
-
 @pytest.fixture(scope="module")
 def s3_set(sets):
-    import socket
-    import subprocess
-    import time
-
-    import boto3
-
-    port = free_port()
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
-                             str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        for _ in range(100):
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
-                break
-            except OSError:
-                time.sleep(0.1)
-        endpoint = f"http://127.0.0.1:{port}"
-        client = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
-                              aws_access_key_id="test", aws_secret_access_key="test")
-        client.create_bucket(Bucket="clips")
-        for f in sets[2].iterdir():
-            if f.is_file() and not f.name.startswith("."):
-                client.upload_file(str(f), "clips", f"set/{f.name}")
+    with moto_with_shards(sets[2]) as (endpoint, _client):
         yield endpoint, "s3://clips/set/manifest.json"
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_shards_read_from_s3_equal_the_local_ones(sets, s3_set, monkeypatch):

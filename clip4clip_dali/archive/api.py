@@ -139,11 +139,18 @@ class VideoTextModel:
             positions = [usable[m] for m in members]
             loader = _loader(self.config, backend, infos, positions, self.device, batch_size,
                              windows)
-            for batch in loader:
-                with self._autocast():
-                    f = self.model.encode_video(batch["video"], batch["video_mask"]).float()
-                local = batch["video_index"].cpu().numpy()
-                yield np.asarray(positions)[local], f, batch["video_mask"]
+            yield from self.iter_loader(loader, positions)
+
+    @torch.no_grad()
+    def iter_loader(self, loader, positions: Sequence[int]
+                    ) -> Iterator[tuple[np.ndarray, torch.Tensor, torch.Tensor]]:
+        """``iter_frames`` over the batches of an evaluation ``loader`` whose video ``v`` is
+        the one at ``positions[v]``."""
+        for batch in loader:
+            with self._autocast():
+                f = self.model.encode_video(batch["video"], batch["video_mask"]).float()
+            local = batch["video_index"].cpu().numpy()
+            yield np.asarray(positions)[local], f, batch["video_mask"]
 
     def encode_video_frames(self, paths: Sequence[str | Path],
                             batch_size: int | None = None) -> EncodedFrames:

@@ -21,12 +21,15 @@ log = logging.getLogger("clip4clip_dali")
 
 @dataclass
 class Candidate:
-    """A file of the collection: its id, its path relative to the root, size and mtime."""
+    """A file of the collection: its id, its path relative to the root, size and mtime. A clip
+    inside a tar shard has ``member`` (see :mod:`.tar_clips`) and a stamp of its shard for
+    mtime_ns."""
 
     id: str
     path: str
     size: int
     mtime_ns: int
+    member: dict | None = None
 
 
 def _walk(root: Path) -> list[str]:
@@ -61,10 +64,10 @@ def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
     each file once (a split with time windows lists a file once per window)."""
     from ..data.dataset import load_split
 
-    if cfg.data.dataset == "shards":  # clips inside tars: no file of their own to stat or serve
-        raise UserError(f"index --split cannot read a tar shard set yet ({cfg.data.data_path}); "
-                        f"index the clips the shards were written from instead: --videos FOLDER, "
-                        f"or --config with that dataset's config and --split {split}.")
+    if cfg.data.dataset == "shards":  # clips inside tars: members, not files
+        from .tar_clips import shard_candidates
+
+        return shard_candidates(cfg.data, split)
     s = load_split(cfg.data, split, probe=False)
     paths = [Path(p).resolve() for p in s.video_paths]
     root = Path(os.path.commonpath([p.parent for p in paths])) if paths else \

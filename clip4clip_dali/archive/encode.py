@@ -47,7 +47,6 @@ def _rows(model, layout: dict, frames: torch.Tensor, mask: torch.Tensor) -> np.n
     return out
 
 
-
 def _entries(infos: list, window: dict | None) -> list[tuple[int, tuple | None, tuple | None]]:
     """(share position, sampling window in whole seconds, stored (start, end)) per vector: one
     per readable video, or one per time window of it."""
@@ -63,16 +62,36 @@ def _entries(infos: list, window: dict | None) -> list[tuple[int, tuple | None, 
     return out
 
 
+class _FileClips:
+    """The video files of a share, probed, decoded by the model's loaders."""
+
+    def __init__(self, model, root: Path, share: list[Candidate]):
+        from .api import probe_videos
+
+        self.model, self.paths = model, [root / c.path for c in share]
+        self.infos = probe_videos(self.paths)
+
+    def iter_frames(self, infos: list, windows: list | None):
+        return self.model.iter_frames(infos, windows=windows)
+
+    def thumbnail(self, pos: int, dest: Path, seconds: float) -> bool:
+        return make_thumbnail(self.paths[pos], dest, seconds)
+
+
 def encode_share(model, root: Path, out: Path, share: list[Candidate], identity: dict,
                  layout: dict, run_id: str, rank: int, flush_every: int, show: bool,
                  what: str, window: dict | None = None) -> tuple[int, list[str]]:
     """Probe, decode and encode this rank's share, staging parts. Returns (encoded, parts).
     A part holds only videos whose every window is encoded; a video with a window that fails
     to decode is listed as failed, none of its windows kept."""
-    from .api import probe_videos
+    if share and share[0].member is not None:  # clips inside tar shards
+        from .tar_clips import MemberClips
 
+        clips = MemberClips(model, share)
+    else:
+        clips = _FileClips(model, root, share)
     (out / THUMBS).mkdir(parents=True, exist_ok=True)
-    infos = probe_videos([root / c.path for c in share])
+    infos = clips.infos
     failed = [FailedVideo(c.path, c.size, c.mtime_ns, i.error or "no frames")
               for c, i in zip(share, infos) if not i.ok]
     for f in failed:
@@ -94,7 +113,7 @@ def encode_share(model, root: Path, out: Path, share: list[Candidate], identity:
         for pos in ready:
             c, info = share[pos], infos[pos]
             thumb = thumb_name(c.path, c.size, c.mtime_ns)
-            ok = make_thumbnail(root / c.path, out / THUMBS / thumb, info.duration / 2)
+            ok = clips.thumbnail(pos, out / THUMBS / thumb, info.duration / 2)
             for e, f, m in sorted(pending.pop(pos), key=lambda x: x[0]):
                 span = entries[e][2] or (None, None)
                 records.append(VideoRecord(c.id, c.path, c.size, c.mtime_ns,
@@ -115,7 +134,7 @@ def encode_share(model, root: Path, out: Path, share: list[Candidate], identity:
         infos_e = [infos[pos] for pos, _, _ in entries]
         windows = None if window is None else [w for _, w, _ in entries]
         buffered = 0
-        for positions, feats, masks in model.iter_frames(infos_e, windows=windows):
+        for positions, feats, masks in clips.iter_frames(infos_e, windows):
             for j, e in enumerate(positions.tolist()):
                 pos = entries[e][0]
                 pending.setdefault(pos, []).append((e, feats[j].cpu(), masks[j].cpu()))

@@ -8,7 +8,8 @@
 
 The model, its frame sampling and resolution come from the config saved in the checkpoint
 (``--config`` for a bare state dict, and for the data paths of ``--split``). Re-running encodes
-only new and changed files; unreadable files are listed and skipped. ``--ann`` picks the
+only new and changed files; unreadable files are listed and skipped. A split of a tar shard set
+(``data.dataset: shards``) is read out of its shards (:mod:`.tar_clips`). ``--ann`` picks the
 approximate index built at the end (see :mod:`.ann`). ``--window``/``--stride`` index each video
 as overlapping time windows, one vector each, for moment search (:mod:`.moments`). See
 :mod:`.indexer` and :mod:`.store`.
@@ -74,8 +75,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--videos", help="folder of videos (any container, any sub-folder)")
     p.add_argument("--config", help="YAML config: the data paths of --split, and the model of "
                                     "a checkpoint that holds no config")
-    p.add_argument("--split", help="index this split of the MSVD-format dataset of the config "
-                                   "(data.data_path / data.features_path)")
+    p.add_argument("--split", help="index this split of the config's dataset (data.data_path / "
+                                   "data.features_path; a tar shard set's clips are served "
+                                   "out of its shards)")
     p.add_argument("--out", help="index folder (created; extended when it exists)")
     p.add_argument("--convert", metavar="INDEX_DIR",
                    help="convert an index of the old format (index.json) to the store, and stop")
@@ -127,7 +129,14 @@ def main(argv: list[str] | None = None) -> int:
             root, candidates = folder_candidates(args.videos)
             source = {"videos": str(root)}
         else:
-            data_cfg = dataclasses.replace(cfg, data=(given or cfg).data)
+            data = (given or cfg).data
+            if data.dataset == "shards":
+                from .tar_clips import NO_WINDOWS, with_model_sampling
+
+                if window:
+                    raise UserError(NO_WINDOWS)
+                data = with_model_sampling(data, cfg)
+            data_cfg = dataclasses.replace(cfg, data=data)
             root, candidates = split_candidates(data_cfg, args.split)
             source = {"data_path": str(data_cfg.data.data_path), "split": args.split}
         summary = build_index(args.out, checkpoint, cfg, root, candidates, info,

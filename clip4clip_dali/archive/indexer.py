@@ -313,6 +313,7 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
                 store.set_meta(parts_made=number)
                 store.put_records((r for r, _, _ in kept_rows), part["name"],
                                   range(len(kept_rows)))
+            store.put_members((p, current[p].member) for p in keep_new if current[p].member)
             store.set_failed(failed_now.values(), keep=set(failed_now))
             store.own({f"{THUMBS}/{new[p][0][0].thumb}" for p in keep_new if new[p][0][0].thumb})
             store.set_meta(updated=time.strftime("%Y-%m-%dT%H:%M:%S"))

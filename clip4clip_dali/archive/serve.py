@@ -126,6 +126,11 @@ def create_app(searcher, hosts: set[str] | None = None):
 
     @app.get("/video/<int:rid>")
     def video(rid: int):
+        from .media import member_video
+
+        served = member_video(index, rid, request)  # a clip inside a tar shard (or None)
+        if served is not None:
+            return served
         path = index.video_file(rid)
         if path is None:
             abort(404)

@@ -14,6 +14,13 @@
     INDEX_DIR/parts/               staged vectors of an unfinished run (resume)
     INDEX_DIR/.lock                held (flock) by the one ``index`` run writing the folder
 
+A record whose clip is a member of a tar shard (``index --split`` of a ``data.dataset: shards``
+set) has a ``members`` row too: the shard (local path or ``s3://`` URL), the member's offset and
+size, and the shard's size and time (S3: ETag) when it was indexed, so a rewritten shard is
+never served. Its ``path`` is ``<shard>:<member>`` under the manifest's folder, its ``mtime_ns``
+a digest of the shard's size, time and the member's offset. An index without the table (older
+versions) holds files only.
+
 A run appends one part and changes the records in one transaction that names it, after the
 part is written and synced: a reader's snapshot only ever names complete parts. Opening reads
 the meta rows only; records, parts and checksums are read when a search needs them.
@@ -66,6 +73,10 @@ CREATE TABLE IF NOT EXISTS failed(path TEXT PRIMARY KEY, size INTEGER NOT NULL,
     mtime_ns INTEGER NOT NULL, error TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS owned(name TEXT PRIMARY KEY);
 """
+MEMBERS_TABLE = """CREATE TABLE IF NOT EXISTS members(path TEXT PRIMARY KEY, tar TEXT NOT NULL,
+    offset INTEGER NOT NULL, size INTEGER NOT NULL, tar_size INTEGER NOT NULL,
+    tar_mtime TEXT NOT NULL)"""
+MEMBER_COLUMNS = ("tar", "offset", "size", "tar_size", "tar_mtime")
 
 
 class VideoIndexError(UserError):
@@ -231,6 +242,8 @@ class Store:
                                      isolation_level=None, check_same_thread=False)
             store = cls(d, db)
             fmt = store.meta("format")
+            if writable and fmt in (FORMAT, WINDOWED_FORMAT):  # an older index gains the table
+                db.execute(MEMBERS_TABLE)
         except sqlite3.DatabaseError as e:
             raise VideoIndexError(f"{path} could not be read ({e}); the index is damaged: "
                                   f"rebuild it with `clip4clip_dali.index --rebuild`.") from None
@@ -246,6 +259,7 @@ class Store:
         db = sqlite3.connect(str(folder / DB_FILE), timeout=30, isolation_level=None)
         db.execute("PRAGMA journal_mode=WAL")
         db.executescript(SCHEMA)
+        db.execute(MEMBERS_TABLE)
         store = cls(folder, db)
         with store.transaction():
             store.set_meta(format=WINDOWED_FORMAT if meta.get("window") else FORMAT,
@@ -332,6 +346,15 @@ class Store:
             out.update((r[0], (r[1], r[2])) for r in self.db.execute(q, chunk))
         return out
 
+    def member(self, path: str) -> dict | None:
+        """The tar member a record's clip is (``MEMBER_COLUMNS``), or None for a file."""
+        try:
+            row = self.db.execute(f"SELECT {', '.join(MEMBER_COLUMNS)} FROM members WHERE "
+                                  f"path=?", (path,)).fetchone()
+        except sqlite3.OperationalError:  # written by a version without tar members
+            return None
+        return None if row is None else dict(zip(MEMBER_COLUMNS, row))
+
     def parts(self) -> dict[str, dict]:
         cur = self.db.execute("SELECT name, rows, bytes, crc32, created FROM parts")
         return {r[0]: dict(zip(("name", "rows", "bytes", "crc32", "created"), r)) for r in cur}
@@ -355,8 +378,16 @@ class Store:
         self.db.executemany(q, ([getattr(r, c) for c in cols] + [part, int(i)]
                                 for r, i in zip(records, rows)))
 
+    def put_members(self, members: Iterable[tuple[str, dict]]) -> None:
+        """(record path, member dict with ``MEMBER_COLUMNS``) of records that are tar members."""
+        q = (f"INSERT OR REPLACE INTO members(path, {', '.join(MEMBER_COLUMNS)}) "
+             f"VALUES({', '.join('?' * (len(MEMBER_COLUMNS) + 1))})")
+        self.db.executemany(q, ([p] + [m[c] for c in MEMBER_COLUMNS] for p, m in members))
+
     def drop_paths(self, paths: Iterable[str]) -> None:
+        paths = list(paths)
         self.db.executemany("DELETE FROM videos WHERE path=?", ((p,) for p in paths))
+        self.db.executemany("DELETE FROM members WHERE path=?", ((p,) for p in paths))
 
     def set_failed(self, failed: Iterable[FailedVideo], keep: set[str] | None = None) -> None:
         if keep is not None:

@@ -6,6 +6,7 @@ import hashlib
 import logging
 import os
 from pathlib import Path
+from typing import BinaryIO
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -16,13 +17,14 @@ def thumb_name(rel: str, size: int = 0, mtime_ns: int = 0) -> str:
     return hashlib.sha1(f"{rel}\0{size}\0{mtime_ns}".encode()).hexdigest()[:16] + ".jpg"
 
 
-def make_thumbnail(src: Path, dest: Path, seconds: float) -> bool:
+def make_thumbnail(src: Path | BinaryIO, dest: Path, seconds: float, name: str = "") -> bool:
     """A JPEG of the frame at ``seconds`` (the nearest keyframe before it, then decoded up to
-    it), at most THUMB_SIZE pixels on its long side. False when no frame could be read."""
+    it), at most THUMB_SIZE pixels on its long side, of a file or of a clip's bytes (``src`` a
+    binary file object; ``name`` for the log). False when no frame could be read."""
     import av
 
     try:
-        with av.open(str(src)) as container:
+        with av.open(str(src) if isinstance(src, Path) else src) as container:
             stream = container.streams.video[0]
             image = None
             if seconds > 0 and stream.time_base:
@@ -42,7 +44,7 @@ def make_thumbnail(src: Path, dest: Path, seconds: float) -> bool:
         os.replace(tmp, dest)
         return True
     except Exception as e:  # a thumbnail is a nicety: never fail the index for it
-        log.warning("no thumbnail for %s (%s)", src, e)
+        log.warning("no thumbnail for %s (%s)", name or src, e)
         return False
 
 
