@@ -213,6 +213,8 @@ def test_s3_shards_are_indexed_and_served_by_ranged_gets(shard_set, indexed, tmp
             assert torch.equal(v, local[index.record(int(i)).id])
         rec = index.records[1]
         assert index.store.member(rec.path)["tar"].startswith("s3://clips/set/test-")
+        from clip4clip_dali.archive.searcher import _shown_path
+        assert _shown_path(index.root_text, rec.path) == f"s3://clips/set/{rec.path}"
         clip = (shard_set.pre / f"{rec.id}.webm").read_bytes()
         web = app_client(index)
         r = web.get(f"/video/{rec.rid}", headers={"Range": "bytes=10-209"})

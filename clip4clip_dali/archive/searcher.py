@@ -166,10 +166,18 @@ class Searcher:
                 if rec is None:  # -1 (fewer than k found) or dropped since the ANN was built
                     continue
                 hit = {"rank": len(hits) + 1, "score": round(float(score), 6), "id": rec.id,
-                       "path": str(self.index.root / rec.path), "rid": rec.rid,
+                       "path": _shown_path(self.index.root_text, rec.path), "rid": rec.rid,
                        "duration": round(rec.duration, 3)}
                 if rec.start is not None:
                     hit.update(start=rec.start, end=rec.end)
                 hits.append(hit)
             out.append(hits)
         return out
+
+
+def _shown_path(root: str, path: str) -> str:
+    """A record's path as users know it: under an ``s3://`` root joined as a URL (``Path``
+    would fold ``s3://`` to ``s3:/``), else as a local path under the root."""
+    if "://" in root:
+        return f"{root.rstrip('/')}/{path}"
+    return str(Path(root) / path)

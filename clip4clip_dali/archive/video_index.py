@@ -11,6 +11,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import stat
 from pathlib import Path
 
@@ -85,7 +86,9 @@ class VideoIndex:
     def __init__(self, index_dir: str | Path):
         self.dir = Path(index_dir)
         self.store = Store.open(self.dir)
-        self.root = Path(self.store.meta("root"))
+        # an s3:// shard set's root went through Path, which folds "s3://" to "s3:/"
+        self.root_text = re.sub(r"^s3:/(?!/)", "s3://", self.store.meta("root"))
+        self.root = Path(self.root_text)
         self.identity: dict = self.store.meta("model")
         self.kind: str = self.store.meta("kind")  # "embeddings" or "frames"
         self.layout: dict = self.store.meta("layout")
