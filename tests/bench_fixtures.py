@@ -1,0 +1,94 @@
+"""The benchmark runs several test files assert on, made once a test session in one process.
+
+``throughput.py --quick`` (test_benchmark.py), the 3 fps + pre-sampled sets run and the same
+run again on its cache (test_benchmark_sets.py) and the decoders section's CPU dry run
+(test_decoders_bench.py) are queued for ``benchmarks/stages.py`` (the driver of
+``gpu_all.sh --device cpu``): one start-up of the interpreter, torch and DALI instead of one a
+run. Each run keeps its own output folder, log and exit status, so a failing run fails only the
+tests that read it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+THROUGHPUT = REPO / "benchmarks" / "throughput.py"
+GPU_DECODERS = ["torchcodec_cuda", "pynvc", "dali_nvdec"]
+DECODERS = GPU_DECODERS + ["torchcodec", "pyav", "dali_cpu", "opencv"]
+
+
+@dataclass
+class Run:
+    out: Path
+    name: str
+    cache: Path
+    rc: int
+    log: str
+
+    def doc(self) -> dict:
+        return json.loads((self.out / f"{self.name}.json").read_text())
+
+    def check(self) -> None:
+        assert self.rc == 0, self.log[-5000:]
+
+
+def _runs(root: Path) -> dict[str, list[str]]:
+    sets = ["--sections", "loader", "--device", "cpu", "--loaders", "dali_cpu",
+            "--prepare", "3fps,presampled", "--codecs", "vp9", "--videos", "6",
+            "--clip-size", "96x72", "--clip-seconds", "2", "5", "--max-frames", "4",
+            "--resolution", "32", "--loader-batch", "1", "--min-batches", "4", "--repeats", "1",
+            "--min-repeat-seconds", "0", "--interleave", "--cache-dir", str(root / "sets-cache"),
+            "--out", str(root / "sets"), "--name", "sets"]
+    return {
+        "quick": ["--quick", "--device", "cpu", "--cache-dir", str(root / "quick-cache"),
+                  "--out", str(root / "quick"), "--name", "quick"],
+        "sets": sets,
+        "sets_again": sets[:-4] + ["--out", str(root / "sets_again"), "--name", "sets"],
+        "decoders": [
+            "--device", "cpu", "--sections", "decoders", "--out", str(root / "decoders"),
+            "--name", "dry", "--cache-dir", str(root / "decoders-cache"), "--codecs", "h264",
+            "--videos", "3", "--clip-size", "96x72", "--clip-fps", "10", "--clip-seconds", "1",
+            "2", "--max-frames", "4", "--resolution", "32", "--prepare", "raw,3fps,presampled",
+            "--prepare-codec", "vp9", "--decoders", ",".join(DECODERS),
+            "--decoder-gpu-threads", "1,4,8,16", "--workers", "0", "--decoder-batch", "2",
+            "--decoder-min-batches", "2", "--decoder-repeats", "1", "--decoder-budget", "20"],
+    }
+
+
+def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]:
+    queue = root / "queue"
+    with open(queue, "wb") as f:
+        for name, args in runs.items():
+            argv = [sys.executable, str(THROUGHPUT), *args]
+            f.write(b"".join(x.encode() + b"\0" for x in [name, str(len(argv)), *argv]))
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stages.py"), str(queue),
+                        str(root / "run-")], cwd=REPO, env=env, capture_output=True, text=True,
+                       timeout=900)
+    out = {}
+    for name, args in runs.items():
+        rc_file, log = root / f"run-{name}.rc", root / f"run-{name}.log"
+        rc = int(rc_file.read_text()) if rc_file.exists() else -1
+        text = log.read_text() if log.exists() else p.stdout[-3000:] + p.stderr[-3000:]
+        flag = lambda f: args[args.index(f) + 1]  # noqa: E731
+        out[name] = Run(Path(flag("--out")), flag("--name"), Path(flag("--cache-dir")), rc, text)
+    return out
+
+
+_CACHE: dict[str, dict[str, Run]] = {}
+
+
+@pytest.fixture(scope="session")
+def bench_runs(tmp_path_factory) -> dict[str, Run]:
+    # Imported by several test modules: the module-level cache keeps it one run a session.
+    if "runs" not in _CACHE:
+        root = tmp_path_factory.mktemp("bench_runs")
+        _CACHE["runs"] = run_in_one_process(root, _runs(root))
+    return _CACHE["runs"]
