@@ -1,12 +1,13 @@
-"""The dry run of ``benchmarks/gpu_all.sh --device cpu``: the stages it queued, in this one process.
+"""The dry run of ``benchmarks/gpu_all.sh --device cpu``: the stages it queued, in one process.
 
     python benchmarks/stages.py QUEUE PREFIX
 
 QUEUE holds, per stage, NUL-terminated fields: its name, the number of its command's words,
 the words (what ``gpu_all.sh`` would run under the stage's timeout on a GPU). A
-``... benchmarks/throughput.py ARGS`` command runs here, as ``suite.cli.main`` with those ARGS:
-one start-up of the interpreter, torch and DALI for every stage instead of one a stage. Any
-other command runs as a subprocess. Each stage's output (its file descriptors 1 and 2, so the
+``... benchmarks/throughput.py ARGS`` command runs here, as ``suite.cli.main`` with those ARGS,
+and so does ``... -m clip4clip_dali.X ARGS`` (as ``python -m`` would run it): one start-up of
+the interpreter, torch and DALI for every command instead of one a command. Any other command
+runs as a subprocess. The tests use it too, for runs several tests read. Each stage's output (its file descriptors 1 and 2, so the
 libraries' own output too) goes to ``PREFIX<name>.log`` and its exit status to
 ``PREFIX<name>.rc``. Exits 1 when a stage failed.
 """
@@ -64,6 +65,20 @@ def run_command(argv: list[str]) -> int:
             return main() or 0
         except SystemExit as e:  # argparse
             return e.code if isinstance(e.code, int) else 1
+        except Exception:
+            traceback.print_exc()
+            return 1
+        finally:
+            sys.argv = saved
+    if len(argv) >= 3 and argv[1] == "-m" and argv[2].startswith("clip4clip_dali."):
+        import runpy
+
+        saved, sys.argv = sys.argv, [argv[2], *argv[3:]]
+        try:  # as ``python -m``: the module's CLI, which ends with SystemExit(code)
+            runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
+            return 0
+        except SystemExit as e:
+            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
         except Exception:
             traceback.print_exc()
             return 1

@@ -62,23 +62,34 @@ def _runs(root: Path) -> dict[str, list[str]]:
     }
 
 
-def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]:
+def run_queue(root: Path, commands: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
+    """{name: (exit status, output)} of each command, run in turn by benchmarks/stages.py in
+    one process (throughput.py and ``-m clip4clip_dali.X`` commands in it)."""
     queue = root / "queue"
     with open(queue, "wb") as f:
-        for name, args in runs.items():
-            argv = [sys.executable, str(THROUGHPUT), *args]
+        for name, argv in commands.items():
             f.write(b"".join(x.encode() + b"\0" for x in [name, str(len(argv)), *argv]))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env.pop("WORLD_SIZE", None)
     p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stages.py"), str(queue),
                         str(root / "run-")], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=900)
     out = {}
-    for name, args in runs.items():
+    for name in commands:
         rc_file, log = root / f"run-{name}.rc", root / f"run-{name}.log"
         rc = int(rc_file.read_text()) if rc_file.exists() else -1
-        text = log.read_text() if log.exists() else p.stdout[-3000:] + p.stderr[-3000:]
+        out[name] = (rc, log.read_text() if log.exists() else p.stdout[-3000:] + p.stderr[-3000:])
+    return out
+
+
+def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]:
+    done = run_queue(root, {name: [sys.executable, str(THROUGHPUT), *args]
+                            for name, args in runs.items()})
+    out = {}
+    for name, args in runs.items():
         flag = lambda f: args[args.index(f) + 1]  # noqa: E731
-        out[name] = Run(Path(flag("--out")), flag("--name"), Path(flag("--cache-dir")), rc, text)
+        out[name] = Run(Path(flag("--out")), flag("--name"), Path(flag("--cache-dir")),
+                        *done[name])
     return out
 
 
