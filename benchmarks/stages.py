@@ -5,7 +5,8 @@
 QUEUE holds, per stage, NUL-terminated fields: its name, the number of its command's words,
 the words (what ``gpu_all.sh`` would run under the stage's timeout on a GPU). A
 ``... benchmarks/throughput.py ARGS`` command runs here, as ``suite.cli.main`` with those ARGS,
-and so does ``... -m clip4clip_dali.X ARGS`` (as ``python -m`` would run it): one start-up of
+and so do ``... -m clip4clip_dali.X ARGS`` (as ``python -m`` would run it) and
+``... -m pytest ARGS`` (``pytest.main``): one start-up of
 the interpreter, torch and DALI for every command instead of one a command. Any other command
 runs as a subprocess. The tests use it too, for runs several tests read. Each stage's output (its file descriptors 1 and 2, so the
 libraries' own output too) goes to ``PREFIX<name>.log`` and its exit status to
@@ -70,6 +71,10 @@ def run_command(argv: list[str]) -> int:
             return 1
         finally:
             sys.argv = saved
+    if argv[1:3] == ["-m", "pytest"]:
+        import pytest
+
+        return int(pytest.main(argv[3:]))
     if len(argv) >= 3 and argv[1] == "-m" and argv[2].startswith("clip4clip_dali."):
         import runpy
 

@@ -102,17 +102,18 @@ def test_unknown_section_is_refused():
     assert p.returncode == 2 and "unknown section" in p.stderr and "Traceback" not in p.stderr
 
 
-def test_workers_fork_from_a_server_with_the_loaders_modules():
+def test_worker_server_starts_with_the_loaders_modules(monkeypatch):
     """The benchmark starts its forkserver with torch preloaded before any pool: a pool that
     preloads only ``av`` (the set generator's, prepare_msvd.py's) must not start the server
-    first and leave every later loader worker importing torch again, each pass."""
-    code = ("import sys; sys.path[:0] = [sys.argv[1]]\n"
-            "from concurrent.futures import ProcessPoolExecutor\n"
-            "from clip4clip_dali.workers import clean_context\n"
-            "from suite.loaders import start_worker_server\n"
-            "start_worker_server()\n"
-            "with ProcessPoolExecutor(1, mp_context=clean_context(('av',))) as pool:\n"
-            "    print(pool.submit(eval, \"'torch' in __import__('sys').modules\").result())\n")
-    p = subprocess.run([sys.executable, "-c", code, str(BENCH)], capture_output=True, text=True,
-                       timeout=120, cwd=REPO)
-    assert p.returncode == 0 and p.stdout.strip() == "True", p.stdout + p.stderr[-2000:]
+    first and leave every later loader worker importing torch again, each pass (the server
+    keeps the preload of whoever starts it)."""
+    import multiprocessing.forkserver as forkserver
+
+    from suite.loaders import start_worker_server
+
+    server, started = forkserver._forkserver, []
+    monkeypatch.setattr(server, "_preload_modules", ["__main__"])  # restored after the test
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(
+        list(server._preload_modules)))
+    start_worker_server()
+    assert len(started) == 1 and {"torch", "av"} <= set(started[0]), started
