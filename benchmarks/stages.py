@@ -3,19 +3,19 @@
     python benchmarks/stages.py QUEUE PREFIX
 
 QUEUE holds, per stage, NUL-terminated fields: its name, the number of its command's words,
-the words (what ``gpu_all.sh`` would run under the stage's timeout on a GPU). A
-``... benchmarks/throughput.py ARGS`` command runs here, as ``suite.cli.main`` with those ARGS,
-and so do ``... -m clip4clip_dali.X ARGS`` (as ``python -m`` would run it) and
-``... -m pytest ARGS`` (``pytest.main``): one start-up of
-the interpreter, torch and DALI for every command instead of one a command. Any other command
-runs as a subprocess. The tests use it too, for runs several tests read. Each stage's output (its file descriptors 1 and 2, so the
-libraries' own output too) goes to ``PREFIX<name>.log`` and its exit status to
-``PREFIX<name>.rc``. Exits 1 when a stage failed.
+the words (what ``gpu_all.sh`` would run under the stage's timeout on a GPU). A Python command
+(``python X.py ARGS``, ``python -m MODULE ARGS``: throughput.py, pytest, clip4clip_dali's CLIs)
+runs in this process, as the interpreter would run it: one start-up of the interpreter, torch
+and DALI for every stage instead of one a stage. Any other command runs as a subprocess. Each
+stage's output (its file descriptors 1 and 2, so the libraries' own output too) goes to
+``PREFIX<name>.log`` and its exit status to ``PREFIX<name>.rc``. The tests use it too, for runs
+several tests read. Exits 1 when a stage failed.
 """
 from __future__ import annotations
 
 import contextlib
 import os
+import runpy
 import subprocess
 import sys
 import time
@@ -58,38 +58,27 @@ def output_to(log: Path):
 
 
 def run_command(argv: list[str]) -> int:
-    if len(argv) >= 2 and Path(argv[1]).name == "throughput.py":
-        from suite.cli import main
-
-        saved, sys.argv = sys.argv, argv[1:]  # main reads it, and records it as the command
-        try:
-            return main() or 0
-        except SystemExit as e:  # argparse
-            return e.code if isinstance(e.code, int) else 1
-        except Exception:
-            traceback.print_exc()
-            return 1
-        finally:
-            sys.argv = saved
-    if argv[1:3] == ["-m", "pytest"]:
-        import pytest
-
-        return int(pytest.main(argv[3:]))
-    if len(argv) >= 3 and argv[1] == "-m" and argv[2].startswith("clip4clip_dali."):
-        import runpy
-
-        saved, sys.argv = sys.argv, [argv[2], *argv[3:]]
-        try:  # as ``python -m``: the module's CLI, which ends with SystemExit(code)
-            runpy.run_module(argv[2], run_name="__main__", alter_sys=True)
-            return 0
-        except SystemExit as e:
-            return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
-        except Exception:
-            traceback.print_exc()
-            return 1
-        finally:
-            sys.argv = saved
-    return subprocess.run(argv).returncode
+    """The exit status of ``argv``: ``python X.py ARGS`` and ``python -m MODULE ARGS`` run in
+    this process, as the interpreter would run them; any other command as a subprocess."""
+    python = Path(argv[0]).name.startswith("python") and len(argv) >= 2
+    if python and argv[1] == "-m" and len(argv) >= 3:
+        args, run = [argv[2], *argv[3:]], lambda: runpy.run_module(
+            argv[2], run_name="__main__", alter_sys=True)
+    elif python and argv[1].endswith(".py"):
+        args, run = argv[1:], lambda: runpy.run_path(argv[1], run_name="__main__")
+    else:
+        return subprocess.run(argv).returncode
+    saved, sys.argv = sys.argv, args
+    try:
+        run()
+        return 0
+    except SystemExit as e:  # how the CLIs end
+        return e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    except Exception:
+        traceback.print_exc()
+        return 1
+    finally:
+        sys.argv = saved
 
 
 def main(argv: list[str]) -> int:

@@ -1,11 +1,11 @@
 """The benchmark runs several test files assert on, made once a test session in one process.
 
 ``throughput.py --quick`` (test_benchmark.py), the 3 fps + pre-sampled sets run and the same
-run again on its cache (test_benchmark_sets.py) and the decoders section's CPU dry run
-(test_decoders_bench.py) are queued for ``benchmarks/stages.py`` (the driver of
-``gpu_all.sh --device cpu``): one start-up of the interpreter, torch and DALI instead of one a
-run. Each run keeps its own output folder, log and exit status, so a failing run fails only the
-tests that read it.
+run again on its cache (test_benchmark_sets.py), the decoders section's CPU dry run
+(test_decoders_bench.py) and ``dali_stages.py``'s profile (test_dali_stages.py) are queued for
+``benchmarks/stages.py`` (the driver of ``gpu_all.sh --device cpu``): one start-up of the
+interpreter, torch and DALI instead of one a run. Each run keeps its own output, log and exit
+status, so a failing run fails only the tests that read it.
 """
 from __future__ import annotations
 
@@ -26,14 +26,24 @@ DECODERS = GPU_DECODERS + ["torchcodec", "pyav", "dali_cpu", "opencv"]
 
 @dataclass
 class Run:
-    out: Path
-    name: str
-    cache: Path
+    args: list[str]
     rc: int
     log: str
 
+    def flag(self, name: str) -> str:
+        return self.args[self.args.index(name) + 1]
+
+    @property
+    def out(self) -> Path:
+        return Path(self.flag("--out"))
+
+    @property
+    def cache(self) -> Path:
+        return Path(self.flag("--cache-dir"))
+
     def doc(self) -> dict:
-        return json.loads((self.out / f"{self.name}.json").read_text())
+        """throughput.py's JSON document."""
+        return json.loads((self.out / f"{self.flag('--name')}.json").read_text())
 
     def check(self) -> None:
         assert self.rc == 0, self.log[-5000:]
@@ -82,15 +92,24 @@ def run_queue(root: Path, commands: dict[str, list[str]]) -> dict[str, tuple[int
     return out
 
 
+def stage_clips(root: Path) -> Path:
+    """Two clips dali_stages.py profiles: VP9 and MJPEG (what DALI decodes on a CPU)."""
+    from dali_fixtures import make_dataset
+
+    _, videos = make_dataset(root, [dict(frames=30, fps=10, codec="vp9"),
+                                    dict(frames=20, fps=10, codec="mjpeg", width=48, height=64)])
+    return videos
+
+
 def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]:
-    done = run_queue(root, {name: [sys.executable, str(THROUGHPUT), *args]
-                            for name, args in runs.items()})
-    out = {}
-    for name, args in runs.items():
-        flag = lambda f: args[args.index(f) + 1]  # noqa: E731
-        out[name] = Run(Path(flag("--out")), flag("--name"), Path(flag("--cache-dir")),
-                        *done[name])
-    return out
+    """{name: Run} of throughput.py runs, plus "dali_stages" (its --out is a JSON file)."""
+    commands = {name: [sys.executable, str(THROUGHPUT), *args] for name, args in runs.items()}
+    commands["dali_stages"] = [sys.executable, str(REPO / "benchmarks" / "dali_stages.py"),
+                               "--features-path", str(stage_clips(root / "stage_clips")),
+                               "--resolution", "32", "--batch", "2", "--threads", "1",
+                               "--seconds", "0.2", "--out", str(root / "stages.json")]
+    done = run_queue(root, commands)
+    return {name: Run(cmd[2:], *done[name]) for name, cmd in commands.items()}
 
 
 _CACHE: dict[str, dict[str, Run]] = {}
