@@ -112,6 +112,24 @@ def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]
     return {name: Run(cmd[2:], *done[name]) for name, cmd in commands.items()}
 
 
+def once_a_session(tmp_path_factory, key: str, make):
+    """``make(folder)``'s JSON result, made once a test session: under pytest-xdist the
+    workers share one run (a lock in the session's folder) instead of one each."""
+    import fcntl
+
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return make(tmp_path_factory.mktemp(key))
+    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's
+    with open(shared / f"{key}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = shared / f"{key}.json"
+        if not done.exists():
+            folder = shared / key
+            folder.mkdir()
+            done.write_text(json.dumps(make(folder)))
+        return json.loads(done.read_text())
+
+
 _CACHE: dict[str, dict[str, Run]] = {}
 
 
@@ -119,6 +137,9 @@ _CACHE: dict[str, dict[str, Run]] = {}
 def bench_runs(tmp_path_factory) -> dict[str, Run]:
     # Imported by several test modules: the module-level cache keeps it one run a session.
     if "runs" not in _CACHE:
-        root = tmp_path_factory.mktemp("bench_runs")
-        _CACHE["runs"] = run_in_one_process(root, _runs(root))
+        def make(root: Path) -> dict:
+            return {k: [r.args, r.rc, r.log] for k, r in run_in_one_process(root, _runs(root)).items()}
+
+        _CACHE["runs"] = {k: Run(*v) for k, v in
+                          once_a_session(tmp_path_factory, "bench_runs", make).items()}
     return _CACHE["runs"]

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from bench_fixtures import run_queue
+from bench_fixtures import once_a_session, run_queue
 from benchmark_layouts import (DIDEMO_SPLITS, LSMDC_FILES, write_activitynet, write_didemo,
                                write_lsmdc)
 from clip4clip_dali.config import DataConfig
@@ -123,14 +123,17 @@ def test_missing_annotation_file_names_the_layout(tmp_path):
 def epochs(layouts, tmp_path_factory) -> dict[str, tuple[Path, int, str]]:
     """One epoch and an evaluation per layout, the three runs in one process (run_queue):
     {name: (output folder, exit status, log)}."""
-    root = tmp_path_factory.mktemp("layout_runs")
-    commands = {}
-    for name, (data, videos) in layouts.items():
-        commands[name] = [sys.executable, "-m", "clip4clip_dali.train", *args(
-            root / name, f"data.dataset={name}", f"data.data_path={data}",
-            f"data.features_path={videos}", "data.loader=dali", "data.frame_cache=false",
-            "data.max_words=16", "eval.index_test_split=false")]
-    return {name: (root / name, *r) for name, r in run_queue(root, commands).items()}
+    def make(root: Path) -> dict:
+        commands = {}
+        for name, (data, videos) in layouts.items():
+            commands[name] = [sys.executable, "-m", "clip4clip_dali.train", *args(
+                root / name, f"data.dataset={name}", f"data.data_path={data}",
+                f"data.features_path={videos}", "data.loader=dali", "data.frame_cache=false",
+                "data.max_words=16", "eval.index_test_split=false")]
+        return {name: [str(root / name), *r] for name, r in run_queue(root, commands).items()}
+
+    runs = once_a_session(tmp_path_factory, "layout_runs", make)
+    return {name: (Path(out), rc, log) for name, (out, rc, log) in runs.items()}
 
 
 @pytest.mark.parametrize("name", list(WRITERS))
