@@ -33,7 +33,7 @@
 # (../shared/device/README.md: how DALI gets there). Nothing is downloaded.
 # Loader rows count as throughput only with >= MIN_BATCHES batches a pass after the first.
 # The dry run checks every stage's command with the least work: it queues the stages and runs
-# them in one process (benchmarks/stages.py: one start-up of torch and DALI, not one a stage),
+# them in one process (benchmarks/run_queued.py: one start-up of torch and DALI, not one a stage),
 # times one pass a window, and runs only the test files that hold GPU tests. On the GPU every
 # stage is a process of its own under its own timeout.
 set -uo pipefail
@@ -148,7 +148,7 @@ stage shards "${T_SHARDS:-30}" $BENCH --name "$NAME-shards" --sections loader --
 
 if [ "$DEVICE" = cpu ]; then  # the queued stages, in one process; each its .log and .rc
   echo "== ${#queued[@]} stages in one process ($(( $(date +%s) - t0 )) s)"
-  $PY benchmarks/stages.py "$QUEUE" "$RES/$NAME-" || status=1
+  $PY benchmarks/run_queued.py "$QUEUE" "$RES/$NAME-" || status=1
   for name in "${queued[@]}"; do
     finish "$name" "$(cat "$RES/$NAME-$name.rc" 2>/dev/null || echo missing)"
   done

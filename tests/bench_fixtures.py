@@ -3,7 +3,7 @@
 ``throughput.py --quick`` (test_benchmark.py), the 3 fps + pre-sampled sets run and the same
 run again on its cache (test_benchmark_sets.py), the decoders section's CPU dry run
 (test_decoders_bench.py) and ``dali_stages.py``'s profile (test_dali_stages.py) are queued for
-``benchmarks/stages.py`` (the driver of ``gpu_all.sh --device cpu``): one start-up of the
+``benchmarks/run_queued.py`` (the driver of ``gpu_all.sh --device cpu``): one start-up of the
 interpreter, torch and DALI instead of one a run. Each run keeps its own output, log and exit
 status, so a failing run fails only the tests that read it.
 """
@@ -73,15 +73,15 @@ def _runs(root: Path) -> dict[str, list[str]]:
 
 
 def run_queue(root: Path, commands: dict[str, list[str]]) -> dict[str, tuple[int, str]]:
-    """{name: (exit status, output)} of each command, run in turn by benchmarks/stages.py in
-    one process (throughput.py and ``-m clip4clip_dali.X`` commands in it)."""
+    """{name: (exit status, output)} of each command, run in turn by benchmarks/run_queued.py in
+    one process (its Python commands in it)."""
     queue = root / "queue"
     with open(queue, "wb") as f:
         for name, argv in commands.items():
             f.write(b"".join(x.encode() + b"\0" for x in [name, str(len(argv)), *argv]))
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     env.pop("WORLD_SIZE", None)
-    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "stages.py"), str(queue),
+    p = subprocess.run([sys.executable, str(REPO / "benchmarks" / "run_queued.py"), str(queue),
                         str(root / "run-")], cwd=REPO, env=env, capture_output=True, text=True,
                        timeout=900)
     out = {}
@@ -138,7 +138,8 @@ def bench_runs(tmp_path_factory) -> dict[str, Run]:
     # Imported by several test modules: the module-level cache keeps it one run a session.
     if "runs" not in _CACHE:
         def make(root: Path) -> dict:
-            return {k: [r.args, r.rc, r.log] for k, r in run_in_one_process(root, _runs(root)).items()}
+            runs = run_in_one_process(root, _runs(root))
+            return {k: [r.args, r.rc, r.log] for k, r in runs.items()}
 
         _CACHE["runs"] = {k: Run(*v) for k, v in
                           once_a_session(tmp_path_factory, "bench_runs", make).items()}

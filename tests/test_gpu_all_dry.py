@@ -1,7 +1,7 @@
 """benchmarks/gpu_all.sh --device cpu: the GPU script's dry run, so it cannot rot unseen.
 
 Every stage runs with tiny sizes on the CPU, queued and run in one process
-(``benchmarks/stages.py``): the GPU tests (skipped here with their reason), the data sets
+(``benchmarks/run_queued.py``): the GPU tests (skipped here with their reason), the data sets
 (drawn, 3 fps and pre-sampled copies, two widths, VP9 and H.264), the NVDEC / widths /
 CPU-decoder loader runs (GPU rows n/a with the reason, CPU rows measured), the step section and
 a short real training run (its own process, as on the GPU), then the merged report.

@@ -1,6 +1,6 @@
-"""The dry run of ``benchmarks/gpu_all.sh --device cpu``: the stages it queued, in one process.
+"""Queued commands, run in turn in one process: ``gpu_all.sh --device cpu``'s stages, tests' runs.
 
-    python benchmarks/stages.py QUEUE PREFIX
+    python benchmarks/run_queued.py QUEUE PREFIX
 
 QUEUE holds, per stage, NUL-terminated fields: its name, the number of its command's words,
 the words (what ``gpu_all.sh`` would run under the stage's timeout on a GPU). A Python command
