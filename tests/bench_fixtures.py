@@ -102,12 +102,21 @@ def stage_clips(root: Path) -> Path:
 
 
 def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]:
-    """{name: Run} of throughput.py runs, plus "dali_stages" (its --out is a JSON file)."""
+    """{name: Run} of throughput.py runs, plus "dali_stages" (its --out is a JSON file) and
+    "dali_stages_h264" (a folder with nothing DALI decodes on a CPU)."""
+    from dali_fixtures import smooth_clip
+
     commands = {name: [sys.executable, str(THROUGHPUT), *args] for name, args in runs.items()}
     commands["dali_stages"] = [sys.executable, str(REPO / "benchmarks" / "dali_stages.py"),
                                "--features-path", str(stage_clips(root / "stage_clips")),
                                "--resolution", "32", "--batch", "2", "--threads", "1",
                                "--seconds", "0.2", "--out", str(root / "stages.json")]
+    h264 = root / "h264_only"  # a clip DALI's CPU decoder cannot read, and a note
+    h264.mkdir()
+    smooth_clip(h264 / "clip.mp4", frames=10, codec="h264")
+    (h264 / "notes.txt").write_text("not a video\n")
+    commands["dali_stages_h264"] = [sys.executable, str(REPO / "benchmarks" / "dali_stages.py"),
+                                    "--features-path", str(h264)]
     done = run_queue(root, commands)
     return {name: Run(cmd[2:], *done[name]) for name, cmd in commands.items()}
 

@@ -29,3 +29,9 @@ def test_stage_profile_refuses_an_empty_folder(tmp_path):
                         "--features-path", str(tmp_path)], capture_output=True, text=True,
                        timeout=120)
     assert p.returncode == 2 and "no video under" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_stage_profile_refuses_a_folder_nothing_in_it_decodes(bench_runs):
+    run = bench_runs["dali_stages_h264"]  # an H.264 clip and a text file, on the CPU
+    assert run.rc == 2, run.log[-3000:]
+    assert "that DALI can decode on the CPU" in run.log and "Traceback" not in run.log
