@@ -155,6 +155,11 @@ def main(argv=None) -> int:
     p.add_argument("--stages", default=",".join(STAGES))
     p.add_argument("--out", default=None, help="also write the results as JSON here")
     args = p.parse_args(argv)
+    folder = Path(args.features_path)
+    if not folder.is_dir() or not any(f.is_file() for f in folder.rglob("*")):
+        # before DALI and torch load (seconds): nothing here to decode
+        print(f"error: no video under {folder} (not a folder, or no file in it)", file=sys.stderr)
+        return 2
 
     from clip4clip_dali.data.dali_loader import dali_import_error
 

@@ -5,17 +5,11 @@ explicitly (status "n/a" or "error" with a reason) instead of carrying NaN or a 
 """
 from __future__ import annotations
 
-import json
 import math
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SCRIPT = REPO / "benchmarks" / "throughput.py"
+from bench_fixtures import bench_runs  # noqa: F401 (the fixture)
 
 LOADER_BACKENDS = {"dali_gpu", "dali_hybrid", "dali_cpu", "reference", "cache", "original"}
 STEP_VARIANTS = {"eager_fp32", "eager_amp_bf16", "compiled_amp_bf16"}
@@ -54,15 +48,10 @@ def _check_row(row, required_stats, where):
 
 
 @pytest.fixture(scope="module")
-def quick_run(tmp_path_factory):
-    out = tmp_path_factory.mktemp("bench")
-    env = dict(os.environ, CLIP4CLIP_BENCH_CACHE=str(out / "cache"), PYTHONUNBUFFERED="1")
-    proc = subprocess.run([sys.executable, str(SCRIPT), "--quick", "--device", "cpu",
-                           "--out", str(out), "--name", "quick"],
-                          cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads((out / "quick.json").read_text())
-    return out, doc, proc.stdout
+def quick_run(bench_runs):
+    run = bench_runs["quick"]  # throughput.py --quick --device cpu (bench_fixtures)
+    run.check()
+    return run.out, run.doc(), run.log
 
 
 def test_quick_json_schema(quick_run):

@@ -4,9 +4,12 @@ evaluation on CPU each (DALI on VP9/MJPEG clips, tiny model)."""
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 
+from bench_fixtures import once_a_session, run_queue
 from benchmark_layouts import (DIDEMO_SPLITS, LSMDC_FILES, write_activitynet, write_didemo,
                                write_lsmdc)
 from clip4clip_dali.config import DataConfig
@@ -14,7 +17,7 @@ from clip4clip_dali.data.dataset import load_split
 from clip4clip_dali.data.split import DatasetError
 from layout_fixtures import caption
 from test_datasets_train import args, check_run
-from test_train import check, losses, run_train
+from test_train import losses
 
 WRITERS = {"didemo": write_didemo, "activitynet": write_activitynet, "lsmdc": write_lsmdc}
 
@@ -116,16 +119,28 @@ def test_missing_annotation_file_names_the_layout(tmp_path):
         load_split(c, "train")
 
 
+@pytest.fixture(scope="module")
+def epochs(layouts, tmp_path_factory) -> dict[str, tuple[Path, int, str]]:
+    """One epoch and an evaluation per layout, the three runs in one process (run_queue):
+    {name: (output folder, exit status, log)}."""
+    def make(root: Path) -> dict:
+        commands = {}
+        for name, (data, videos) in layouts.items():
+            commands[name] = [sys.executable, "-m", "clip4clip_dali.train", *args(
+                root / name, f"data.dataset={name}", f"data.data_path={data}",
+                f"data.features_path={videos}", "data.loader=dali", "data.frame_cache=false",
+                "data.max_words=16", "eval.index_test_split=false")]
+        return {name: [str(root / name), *r] for name, r in run_queue(root, commands).items()}
+
+    runs = once_a_session(tmp_path_factory, "layout_runs", make)
+    return {name: (Path(out), rc, log) for name, (out, rc, log) in runs.items()}
+
+
 @pytest.mark.parametrize("name", list(WRITERS))
-def test_one_epoch_and_evaluation(layouts, tmp_path, name):
-    data, videos = layouts[name]
-    out = tmp_path / "run"
-    p = run_train(args(out, f"data.dataset={name}", f"data.data_path={data}",
-                       f"data.features_path={videos}", "data.loader=dali",
-                       "data.frame_cache=false", "data.max_words=16",
-                       "eval.index_test_split=false"))
-    check(p)
-    assert losses(out) and "dali" in p.stderr
+def test_one_epoch_and_evaluation(epochs, name):
+    out, rc, log = epochs[name]
+    assert rc == 0, log[-5000:]
+    assert losses(out) and "data loader for train (train): dali" in log, log[-3000:]
     res = check_run(out, "test")
     assert res["videos"] == 3 and res["captions"] == 3
     if name == "lsmdc":

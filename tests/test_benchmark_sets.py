@@ -8,7 +8,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -19,21 +18,14 @@ REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "benchmarks"
 sys.path.insert(0, str(BENCH))
 
+from bench_fixtures import bench_runs  # noqa: E402, F401 (the fixture)
 from suite import sections, timing  # noqa: E402
 
 
-def test_presampled_and_3fps_sets_in_one_run(tmp_path):
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.run(
-        [sys.executable, str(BENCH / "throughput.py"), "--sections", "loader", "--device", "cpu",
-         "--loaders", "dali_cpu", "--prepare", "3fps,presampled", "--codecs", "vp9",
-         "--videos", "6", "--clip-size", "96x72", "--clip-seconds", "2", "5", "--max-frames", "4",
-         "--resolution", "32", "--loader-batch", "1", "--min-batches", "4", "--repeats", "1",
-         "--min-repeat-seconds", "0", "--interleave", "--cache-dir", str(tmp_path / "cache"),
-         "--out", str(tmp_path), "--name", "sets"],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    doc = json.loads((tmp_path / "sets.json").read_text())
+def test_presampled_and_3fps_sets_in_one_run(bench_runs):
+    run = bench_runs["sets"]  # the flags: bench_fixtures
+    run.check()
+    doc = run.doc()
     assert doc["errors"] == [], doc["errors"]
     assert doc["loader"]["config"]["interleaved"] is True
     shapes = doc["loader"]["dataset_shapes"]
@@ -47,7 +39,7 @@ def test_presampled_and_3fps_sets_in_one_run(tmp_path):
     # The pre-sampled clips hold exactly the frames sampled from the sources (their sidecar's
     # count); the 3 fps copies may differ by a frame a clip (their length is rounded at 3 fps).
     pre = next(d for d, s in shapes.items() if s["shape"] == "presampled")
-    sidecar = json.loads(next((tmp_path / "cache" / "prepared").glob(
+    sidecar = json.loads(next((run.cache / "prepared").glob(
         "*presampled*/.clip4clip_presampled.json")).read_text())
     assert rows["presampled"]["frames_per_pass"] == sum(
         v["frames"] for v in sidecar["videos"].values())
@@ -55,9 +47,11 @@ def test_presampled_and_3fps_sets_in_one_run(tmp_path):
     assert doc["loader"]["dataset_info"][pre]["mean_frames"] <= 4
     [t] = [t for t in doc["targets"] if "pre-sampled >= 2x" in t["target"]]
     assert t["met"] in ("yes", "no") and "steady frames/s" in t["measured"], t
-    # Prepared copies are cached: a second run reuses them (no "preparing" line).
-    again = subprocess.run(proc.args, cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    assert again.returncode == 0 and "preparing" not in again.stdout, again.stdout[-2000:]
+    # Prepared copies are cached: the same run again reuses them (no "preparing" line).
+    again = bench_runs["sets_again"]
+    again.check()
+    assert "preparing" not in again.log and "generating" not in again.log, again.log[-2000:]
+    assert len(again.doc()["loader"]["rows"]) == 2 and again.cache == run.cache
 
 
 def _window(batches, passes=1, t=1.0, t_first=0.1, frames_per_batch=8):
@@ -106,3 +100,20 @@ def test_unknown_section_is_refused():
     p = subprocess.run([sys.executable, str(BENCH / "throughput.py"), "--sections", "nope"],
                        capture_output=True, text=True, timeout=120)
     assert p.returncode == 2 and "unknown section" in p.stderr and "Traceback" not in p.stderr
+
+
+def test_worker_server_starts_with_the_loaders_modules(monkeypatch):
+    """The benchmark starts its forkserver with torch preloaded before any pool: a pool that
+    preloads only ``av`` (the set generator's, prepare_msvd.py's) must not start the server
+    first and leave every later loader worker importing torch again, each pass (the server
+    keeps the preload of whoever starts it)."""
+    import multiprocessing.forkserver as forkserver
+
+    from suite.loaders import start_worker_server
+
+    server, started = forkserver._forkserver, []
+    monkeypatch.setattr(server, "_preload_modules", ["__main__"])  # restored after the test
+    monkeypatch.setattr(forkserver, "ensure_running", lambda: started.append(
+        list(server._preload_modules)))
+    start_worker_server()
+    assert len(started) == 1 and {"torch", "av"} <= set(started[0]), started

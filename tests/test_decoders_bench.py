@@ -4,17 +4,13 @@ decoder is a row, measured on the CPU or saying why not (no CUDA device, not ins
 DALI cannot read), and the side-by-side table is printed."""
 from __future__ import annotations
 
-import json
 import math
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
+from bench_fixtures import DECODERS, GPU_DECODERS, bench_runs  # noqa: F401 (the fixture)
+
 REPO = Path(__file__).resolve().parents[1]
-GPU_DECODERS = ["torchcodec_cuda", "pynvc", "dali_nvdec"]
-DECODERS = GPU_DECODERS + ["torchcodec", "pyav", "dali_cpu", "opencv"]
 
 
 def _gpu_all_decoders_flags() -> list[str]:
@@ -23,20 +19,12 @@ def _gpu_all_decoders_flags() -> list[str]:
     return re.search(r"--decoders (\S+)", text).group(1).split(",")
 
 
-def test_decoders_section_cpu_dry_run(tmp_path):
+def test_decoders_section_cpu_dry_run(bench_runs):
     assert _gpu_all_decoders_flags() == GPU_DECODERS
-    env = dict(os.environ, CLIP4CLIP_BENCH_CACHE=str(tmp_path / "cache"), PYTHONUNBUFFERED="1")
-    cmd = [sys.executable, str(REPO / "benchmarks" / "throughput.py"), "--device", "cpu",
-           "--sections", "decoders", "--out", str(tmp_path), "--name", "dry",
-           "--codecs", "h264", "--videos", "3", "--clip-size", "96x72", "--clip-fps", "10",
-           "--clip-seconds", "1", "2", "--max-frames", "4", "--resolution", "32",
-           "--prepare", "raw,3fps,presampled", "--prepare-codec", "vp9", "--decoders", ",".join(DECODERS),
-           "--decoder-gpu-threads", "1,4,8,16", "--workers", "0", "--decoder-batch", "2",
-           "--decoder-min-batches", "2", "--decoder-repeats", "1", "--decoder-budget", "20"]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env=env, cwd=REPO)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "## Decoders side by side" in proc.stdout
-    doc = json.loads((tmp_path / "dry.json").read_text())
+    run = bench_runs["decoders"]  # the flags: bench_fixtures
+    run.check()
+    assert "## Decoders side by side" in run.log
+    doc = run.doc()
     sec = doc["decoders"]
     assert len(sec["datasets"]) == 3  # raw, 3 fps prepared, pre-sampled
     for ds in sec["datasets"]:

@@ -1,14 +1,16 @@
 """benchmarks/gpu_all.sh --device cpu: the GPU script's dry run, so it cannot rot unseen.
 
-Every stage runs with tiny sizes on the CPU: the GPU tests (skipped here with their reason),
-the data sets (drawn, 3 fps and pre-sampled copies, two widths, VP9 and H.264), the NVDEC /
-widths / CPU-decoder loader runs (GPU rows n/a with the reason, CPU rows measured), the step
-section and a short real training run, then the merged report.
+Every stage runs with tiny sizes on the CPU, queued and run in one process
+(``benchmarks/run_queued.py``): the GPU tests (skipped here with their reason), the data sets
+(drawn, 3 fps and pre-sampled copies, two widths, VP9 and H.264), the NVDEC / widths /
+CPU-decoder loader runs (GPU rows n/a with the reason, CPU rows measured), the step section and
+a short real training run (its own process, as on the GPU), then the merged report.
 """
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -23,8 +25,13 @@ def test_gpu_all_dry_run_on_cpu(tmp_path):
                        cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
     out = tmp_path / "out"
     assert p.returncode == 0, p.stdout[-4000:] + p.stderr[-2000:]
-    for stage in ("tests", "data", "nvdec", "widths", "cpudec", "step", "train", "shards"):
+    assert "== 9 stages in one process" in p.stdout, p.stdout[-4000:]
+    for stage in ("tests", "data", "nvdec", "widths", "cpudec", "step", "train", "decoders",
+                  "shards"):
         assert f"{stage} exit 0" in p.stdout, (stage, p.stdout[-4000:])
+    tests_log = (out / "dry-run-cpu-tests.log").read_text()  # every GPU test skips, with its reason
+    assert re.search(r"\d+ skipped", tests_log) and "needs a CUDA device" in tests_log, tests_log
+    assert not re.search(r"\d+ (passed|failed|error)", tests_log), tests_log
     doc = json.loads((out / "dry-run-cpu.json").read_text())
     assert doc["errors"] == [], doc["errors"]
     rows = doc["loader"]["rows"]

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from . import datasets
 from .common import cpu_model, gpu_info, log, machine_name, peak_tflops, usable_cores, versions
+from .loaders import start_worker_server
 from .report import Report, merge
 from .sections import BY_NAME, SECTIONS
 
@@ -102,6 +103,7 @@ def main(argv=None, description="") -> int:
     rep = Report(Path(args.out), name, meta)
     log(f"writing {rep.path('json')} (device {device}, {usable_cores()} cores)")
     ctx = Context(args, rep, device, has_cuda, peak, peak_src)
+    start_worker_server()
     t0 = time.perf_counter()
     for s in SECTIONS:  # registry order, whatever order --sections names them in
         if s.NAME in _sections(args):

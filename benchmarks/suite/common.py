@@ -76,18 +76,37 @@ def usable_cores() -> int:
         return os.cpu_count() or 1
 
 
+# (key, module, its distributions): a module not imported yet is looked up in the installed
+# distributions' metadata, so a run that never builds a model does not import open_clip
+# (seconds) for its version string.
+_LIBS = [("torch", "torch", ("torch",)), ("torchvision", "torchvision", ("torchvision",)),
+         ("dali", "nvidia.dali", ("nvidia-dali-cuda130", "nvidia-dali-cuda120", "nvidia-dali")),
+         ("open_clip", "open_clip", ("open_clip_torch",)), ("pyav", "av", ("av",)),
+         ("opencv", "cv2", ("opencv-python-headless", "opencv-python")),
+         ("numpy", "numpy", ("numpy",)), ("pillow", "PIL", ("pillow",)),
+         ("clip4clip_dali", "clip4clip_dali", ("clip4clip-dali",))]
+
+
+def _version(module: str, dists: tuple[str, ...]) -> str:
+    import importlib.metadata as md
+    import sys
+
+    if module not in sys.modules:
+        for d in dists:
+            try:
+                return md.version(d)
+            except md.PackageNotFoundError:
+                pass
+    try:
+        return str(getattr(__import__(module, fromlist=["_"]), "__version__", "installed"))
+    except Exception as e:
+        return f"n/a ({type(e).__name__})"
+
+
 def versions() -> dict:
     out = {"python": platform.python_version()}
-    for key, mod, attr in [("torch", "torch", "__version__"), ("torchvision", "torchvision", "__version__"),
-                           ("dali", "nvidia.dali", "__version__"), ("open_clip", "open_clip", "__version__"),
-                           ("pyav", "av", "__version__"), ("opencv", "cv2", "__version__"),
-                           ("numpy", "numpy", "__version__"), ("pillow", "PIL", "__version__"),
-                           ("clip4clip_dali", "clip4clip_dali", "__version__")]:
-        try:
-            m = __import__(mod, fromlist=["_"])
-            out[key] = str(getattr(m, attr, "installed"))
-        except Exception as e:
-            out[key] = f"n/a ({type(e).__name__})"
+    for key, module, dists in _LIBS:
+        out[key] = _version(module, dists)
     try:
         import torch
 

@@ -40,7 +40,7 @@ def add_args(p) -> None:
     g.add_argument("--codecs", default="vp9,mjpeg", help="synthetic sets to generate: vp9,mjpeg,h264")
     g.add_argument("--videos", type=int, default=32, help="synthetic clips per set")
     g.add_argument("--clip-size", default="320x240", help="WxH of the drawn clips, or 'native' "
-                   "(the package generator's own small sizes)")
+                   "(the package generator's own small sizes); comma separated: a set each")
     g.add_argument("--clip-fps", type=float, default=30000 / 1001)
     g.add_argument("--clip-seconds", type=float, nargs=2, default=(4.0, 12.0))
     g.add_argument("--gop", type=int, default=12, help="keyframe interval of the drawn clips")
@@ -253,19 +253,21 @@ def _sources(args) -> list[dict]:
                  "note": f"user data {dp} (split {args.split})"}]
     out = []
     cache = Path(args.cache_dir)
-    for codec in (c.strip() for c in args.codecs.split(",") if c.strip()):
-        if args.clip_size == "native":
+    sizes = [s.strip() for s in args.clip_size.split(",") if s.strip()]
+    for clip_size, codec in ((z, c.strip()) for z in sizes for c in args.codecs.split(",")
+                             if c.strip()):
+        if clip_size == "native":
             dp = native_synthetic_dataset(cache, codec, args.videos, args.seed)
             note = f"{args.videos} synthetic clips (package generator, native sizes)"
             geometry = "native"
         else:
-            size = parse_size(args.clip_size)
+            size = parse_size(clip_size)
             fps = Fraction(args.clip_fps).limit_denominator(1001)
             dp = bench_dataset(cache, codec, args.videos, size, fps, args.clip_seconds,
                                args.seed, args.gop)
             note = (f"{args.videos} drawn clips {size[0]}x{size[1]} @ {float(fps):g} fps, "
                     f"{args.clip_seconds[0]:g}-{args.clip_seconds[1]:g} s, GOP {args.gop}")
-            geometry = f"{args.clip_size}-{float(fps):.3g}fps"
+            geometry = f"{clip_size}-{float(fps):.3g}fps"
         out.append({"label": f"synthetic-{codec}-{geometry}", "key": dp.name, "codec": codec,
                     "data_path": dp, "features_path": dp / "videos", "note": note})
     return out

@@ -72,6 +72,21 @@ class MovingLoader:
             yield {k: v.to(self.device, non_blocking=True) for k, v in b.items()}
 
 
+def start_worker_server() -> None:
+    """Start this process's forkserver now, with the loaders' modules (torch, av, ...) preloaded.
+
+    Every pool and DataLoader of a run forks its workers from one server per process, which
+    keeps the preload of whoever starts it first. When the set generator's pool (``av`` only)
+    came first, each reference/original loader worker imported torch again, every pass, and
+    every prepare pool worker did too: the --quick run took 105 s instead of 11 s at load 6."""
+    import multiprocessing.forkserver as forkserver
+
+    from clip4clip_dali.data.reference import worker_context
+
+    if worker_context().get_start_method() == "forkserver":
+        forkserver.ensure_running()
+
+
 def on_gpu(kind: str, split, has_cuda: bool) -> bool:
     """Whether ``kind``'s batches are produced on the GPU (so timing must synchronise)."""
     return kind in GPU_KINDS or (kind == "cache" and cache_filler(split, has_cuda) == "dali_gpu")
