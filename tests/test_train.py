@@ -17,17 +17,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import made_once
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
+    """16 generated clips, made once a run (shared by the xdist workers, read only)."""
     from clip4clip_dali.data.synthetic import generate_dataset
 
-    root = tmp_path_factory.mktemp("syn") / "data"
-    generate_dataset(root, 16, codec="vp9", seed=1, min_seconds=2.0, max_seconds=3.0)
-    return root
+    def make(folder: Path) -> None:
+        generate_dataset(folder / "data", 16, codec="vp9", seed=1, min_seconds=2.0,
+                         max_seconds=3.0)
+
+    return made_once(tmp_path_factory, "syn", make) / "data"
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -69,20 +74,24 @@ TWO_EPOCHS = ("train.epochs=2", "train.checkpoint_every=1")
 
 
 @pytest.fixture(scope="session")
-def two_epochs(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One uninterrupted 2-epoch run (val after each epoch, latest.pt every step): the
-    reference of the resume and the SIGKILL tests, trained once."""
-    out = tmp_path_factory.mktemp("two_epochs") / "run"
-    p = run_train(tiny_args(tiny_data, out, *TWO_EPOCHS))
-    check(p)
-    return out, p
+def two_epochs(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """One uninterrupted 2-epoch run (val after each epoch, latest.pt every step) and its
+    stderr: the reference of the resume and the SIGKILL tests, trained once a run (shared by
+    the xdist workers; tests only read it)."""
+    def make(folder: Path) -> None:
+        p = run_train(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS))
+        check(p)
+        (folder / "stderr.txt").write_text(p.stderr)
+
+    folder = made_once(tmp_path_factory, "two_epochs", make)
+    return folder / "run", (folder / "stderr.txt").read_text()
 
 
 def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, tmp_path):
-    (a, first), b = two_epochs, tmp_path / "b"
+    (a, first_stderr), b = two_epochs, tmp_path / "b"
     # two evaluations on val, one val loader (DALI keeps its pipeline between them)
     assert len(list((a).glob("eval_val_epoch*.json"))) == 2
-    assert first.stderr.count("data loader for val") == 1
+    assert first_stderr.count("data loader for val") == 1
     full = losses(a)
     assert len(full) >= 4 and all(map(lambda x: x == x, full))
     # stop after 3 steps (mid-epoch), then resume: the same losses, bit for bit
