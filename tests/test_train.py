@@ -152,7 +152,8 @@ def test_accumulation_and_fp16_modes_run(tiny_data, tmp_path):
     out = tmp_path / "acc"
     check(run_train(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
                               "train.precision=amp_fp16", "train.max_steps=2",
-                              "train.eval_every_epoch=false", "eval.test_at_end=true")))
+                              "train.eval_every_epoch=false", "eval.test_at_end=true",
+                              "eval.index_test_split=false")))  # the demo's index: its own test
     assert len(losses(out)) == 2
     # a run cut by max_steps is tested at the end, not before training
     assert (out / "eval_test.json").is_file() and not (out / "eval_test_before.json").exists()
@@ -302,7 +303,8 @@ def test_trains_and_evaluates_on_real_msvd_clips(tmp_path, prepared):
     for s in (f"data.data_path={MINI_MSVD / 'msvd_data'}", f"data.features_path={videos}",
               "data.synthetic.videos=0", f"data.loader={'dali' if prepared else 'auto'}",
               "train.batch_size=8", "train.epochs=2", "train.eval_batch_size=4",
-              f"train.output_dir={run}", "train.log_every=1"):
+              f"train.output_dir={run}", "train.log_every=1",
+              "eval.index_test_split=false"):  # indexing (a worker pool): tested elsewhere
         args += ["--set", s]
     p = run_train(args)
     check(p)
