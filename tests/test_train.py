@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -87,7 +88,18 @@ def two_epochs(tiny_data, tmp_path_factory) -> tuple[Path, str]:
     return folder / "run", (folder / "stderr.txt").read_text()
 
 
-def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, tmp_path):
+@pytest.fixture(scope="session")
+def three_steps(tiny_data, tmp_path_factory) -> Path:
+    """The same run stopped by max_steps after 3 steps (mid-epoch): the resume test resumes a
+    copy of it, and it is the one-rank reference of the two-rank run. Made once a run."""
+    def make(folder: Path) -> None:
+        check(run_train(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS, "train.max_steps=3")))
+
+    return made_once(tmp_path_factory, "three_steps", make) / "run"
+
+
+def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, three_steps,
+                                                   tmp_path):
     (a, first_stderr), b = two_epochs, tmp_path / "b"
     # two evaluations on val, one val loader (DALI keeps its pipeline between them)
     assert len(list((a).glob("eval_val_epoch*.json"))) == 2
@@ -95,7 +107,7 @@ def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, tmp_pa
     full = losses(a)
     assert len(full) >= 4 and all(map(lambda x: x == x, full))
     # stop after 3 steps (mid-epoch), then resume: the same losses, bit for bit
-    check(run_train(tiny_args(tiny_data, b, *TWO_EPOCHS, "train.max_steps=3")))
+    shutil.copytree(three_steps, b)
     obj = torch.load(b / "latest.pt", weights_only=True)
     assert obj["step"] == 3 and obj["batch_in_epoch"] == 3 and obj["epoch"] == 0
     check(run_train(tiny_args(tiny_data, b, *TWO_EPOCHS) + ["--resume", "auto"]))
@@ -121,10 +133,9 @@ def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, tmp_pa
     assert "R1" in p.stdout
 
 
-def test_two_ranks_match_one(tiny_data, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    extra = ("train.max_steps=3", "train.eval_every_epoch=true")
-    check(run_train(tiny_args(tiny_data, one, *extra)))
+def test_two_ranks_match_one(tiny_data, three_steps, tmp_path):
+    one, two = three_steps, tmp_path / "two"
+    extra = (*TWO_EPOCHS, "train.max_steps=3", "train.eval_every_epoch=true")
     p = run_train(tiny_args(tiny_data, two, *extra), torchrun=2, timeout=400)
     check(p)
     l1, l2 = losses(one), losses(two)
