@@ -97,16 +97,20 @@ def save_untrained(path: Path, **model) -> Path:
 
 @pytest.fixture(scope="session")
 def folder_index(trained, clips, tmp_path_factory) -> Path:
-    """An index of the ``clips`` folder made with the ``trained`` model."""
+    """An index of the ``clips`` folder made with the ``trained`` model, made once a run and
+    shared by the xdist workers (tests only read it, or are refused writing to it)."""
     import json
 
-    out = tmp_path_factory.mktemp("idx") / "index"
-    p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
-                   "--videos", str(clips / "videos"), "--out", str(out), "--json")
-    check(p)
-    s = json.loads(p.stdout[p.stdout.index("{"):])
-    assert s["videos"] == s["encoded"] == CLIPS and s["failed"] == [] and s["kind"] == "embeddings"
-    return out
+    def make(folder: Path) -> None:
+        p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
+                       "--videos", str(clips / "videos"), "--out", str(folder / "index"),
+                       "--json")
+        check(p)
+        s = json.loads(p.stdout[p.stdout.index("{"):])
+        assert (s["videos"] == s["encoded"] == CLIPS and s["failed"] == []
+                and s["kind"] == "embeddings")
+
+    return made_once(tmp_path_factory, "search_index", make) / "index"
 
 
 @pytest.fixture
