@@ -8,6 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# As the CLIs do: under pytest-xdist two workers share the cores, and OpenMP threads that
+# spin while waiting would steal them from each other (set before any test loads torch).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 REPO = Path(__file__).resolve().parents[1]
 REALDATA = Path(os.environ.get("CLIP4CLIP_REALDATA", REPO.parent / "shared" / "realdata"))
 MINI_MSVD = REALDATA / "mini_msvd"
@@ -37,6 +41,27 @@ def run_ranks(target, args_of_rank, ranks, timeout: float) -> None:
         if p.is_alive():
             p.kill()
         assert p.exitcode == 0, "a rank hung or failed"
+
+
+def made_once(tmp_path_factory, name: str, make) -> Path:
+    """``make(folder)`` run once per test run, its folder shared by every pytest-xdist worker
+    (a session fixture alone runs once per worker): the first worker to get the lock makes it,
+    the others wait and reuse it. A folder left half made by a failed ``make`` is made again."""
+    import fcntl
+    import shutil
+
+    base = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        base = base.parent  # the run's folder, above each worker's own
+    folder, done = base / name, base / f"{name}.done"
+    with open(base / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            make(folder)
+            done.touch()
+    return folder
 
 
 def require_realdata() -> Path:

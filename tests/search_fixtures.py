@@ -1,7 +1,7 @@
 """A tiny model trained on a few generated clips, and indexes of them, for the search tests.
 
 Loaded as a plugin (``pytest_plugins``) by the test modules that need it, so the model is
-trained once a session.
+trained once a run (once for all xdist workers, through ``conftest.made_once``).
 """
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
+
+from conftest import made_once
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -42,31 +44,36 @@ def check(p: subprocess.CompletedProcess, rc: int = 0) -> None:
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory) -> Path:
     """CLIPS generated VP9 clips (coloured shapes moving), every one in the train split; the
-    last four also form the test split."""
-    from clip4clip_dali.data.msvd import read_split_ids
-    from clip4clip_dali.data.synthetic import generate_dataset
+    last four also form the test split. Made once a run, shared by the xdist workers (read
+    only: a test that changes clips copies them)."""
+    def make(folder: Path) -> None:
+        from clip4clip_dali.data.msvd import read_split_ids
+        from clip4clip_dali.data.synthetic import generate_dataset
 
-    root = tmp_path_factory.mktemp("search") / "data"
-    generate_dataset(root, CLIPS, codec="vp9", seed=3, min_seconds=2.0, max_seconds=3.0)
-    ids = [v for s in ("train", "val", "test") for v in read_split_ids(root, s)]
-    (root / "train_list.txt").write_text("\n".join(sorted(ids)) + "\n")
-    (root / "test_list.txt").write_text("\n".join(sorted(ids)[-4:]) + "\n")
-    return root
+        root = folder / "data"
+        generate_dataset(root, CLIPS, codec="vp9", seed=3, min_seconds=2.0, max_seconds=3.0)
+        ids = [v for s in ("train", "val", "test") for v in read_split_ids(root, s)]
+        (root / "train_list.txt").write_text("\n".join(sorted(ids)) + "\n")
+        (root / "test_list.txt").write_text("\n".join(sorted(ids)[-4:]) + "\n")
+
+    return made_once(tmp_path_factory, "search_clips", make) / "data"
 
 
 @pytest.fixture(scope="session")
 def trained(clips, tmp_path_factory) -> Path:
     """latest.pt of a tiny meanP trained on ``clips`` until it tells most apart (measured: the
-    caption's video first for 89% of the 55 captions)."""
-    out = tmp_path_factory.mktemp("search_run")
-    sets = [f"data.data_path={clips}", f"data.features_path={clips / 'videos'}",
-            "data.synthetic.videos=0", "data.frame_cache=true", "train.batch_size=8",
-            "train.epochs=40", "train.eval_batch_size=16", "train.lr=3.0e-3",
-            "train.eval_every_epoch=false", "eval.test_at_end=false",
-            f"train.output_dir={out}", "train.log_every=100"]
-    check(run_module("clip4clip_dali.train", "--config", DEMO,
-                     *[x for s in sets for x in ("--set", s)], timeout=600))
-    return out / "latest.pt"
+    caption's video first for 89% of the 55 captions). Trained once a run (the costliest
+    fixture of the suite), shared by the xdist workers; tests only read its folder."""
+    def make(out: Path) -> None:
+        sets = [f"data.data_path={clips}", f"data.features_path={clips / 'videos'}",
+                "data.synthetic.videos=0", "data.frame_cache=true", "train.batch_size=8",
+                "train.epochs=40", "train.eval_batch_size=16", "train.lr=3.0e-3",
+                "train.eval_every_epoch=false", "eval.test_at_end=false",
+                f"train.output_dir={out}", "train.log_every=100"]
+        check(run_module("clip4clip_dali.train", "--config", DEMO,
+                         *[x for s in sets for x in ("--set", s)], timeout=600))
+
+    return made_once(tmp_path_factory, "search_run", make) / "latest.pt"
 
 
 def save_untrained(path: Path, **model) -> Path:
@@ -90,16 +97,20 @@ def save_untrained(path: Path, **model) -> Path:
 
 @pytest.fixture(scope="session")
 def folder_index(trained, clips, tmp_path_factory) -> Path:
-    """An index of the ``clips`` folder made with the ``trained`` model."""
+    """An index of the ``clips`` folder made with the ``trained`` model, made once a run and
+    shared by the xdist workers (tests only read it, or are refused writing to it)."""
     import json
 
-    out = tmp_path_factory.mktemp("idx") / "index"
-    p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
-                   "--videos", str(clips / "videos"), "--out", str(out), "--json")
-    check(p)
-    s = json.loads(p.stdout[p.stdout.index("{"):])
-    assert s["videos"] == s["encoded"] == CLIPS and s["failed"] == [] and s["kind"] == "embeddings"
-    return out
+    def make(folder: Path) -> None:
+        p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
+                       "--videos", str(clips / "videos"), "--out", str(folder / "index"),
+                       "--json")
+        check(p)
+        s = json.loads(p.stdout[p.stdout.index("{"):])
+        assert (s["videos"] == s["encoded"] == CLIPS and s["failed"] == []
+                and s["kind"] == "embeddings")
+
+    return made_once(tmp_path_factory, "search_index", make) / "index"
 
 
 @pytest.fixture

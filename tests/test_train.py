@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -17,17 +18,22 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import made_once
+
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
 
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
+    """16 generated clips, made once a run (shared by the xdist workers, read only)."""
     from clip4clip_dali.data.synthetic import generate_dataset
 
-    root = tmp_path_factory.mktemp("syn") / "data"
-    generate_dataset(root, 16, codec="vp9", seed=1, min_seconds=2.0, max_seconds=3.0)
-    return root
+    def make(folder: Path) -> None:
+        generate_dataset(folder / "data", 16, codec="vp9", seed=1, min_seconds=2.0,
+                         max_seconds=3.0)
+
+    return made_once(tmp_path_factory, "syn", make) / "data"
 
 
 def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -69,24 +75,39 @@ TWO_EPOCHS = ("train.epochs=2", "train.checkpoint_every=1")
 
 
 @pytest.fixture(scope="session")
-def two_epochs(tiny_data, tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
-    """One uninterrupted 2-epoch run (val after each epoch, latest.pt every step): the
-    reference of the resume and the SIGKILL tests, trained once."""
-    out = tmp_path_factory.mktemp("two_epochs") / "run"
-    p = run_train(tiny_args(tiny_data, out, *TWO_EPOCHS))
-    check(p)
-    return out, p
+def two_epochs(tiny_data, tmp_path_factory) -> tuple[Path, str]:
+    """One uninterrupted 2-epoch run (val after each epoch, latest.pt every step) and its
+    stderr: the reference of the resume and the SIGKILL tests, trained once a run (shared by
+    the xdist workers; tests only read it)."""
+    def make(folder: Path) -> None:
+        p = run_train(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS))
+        check(p)
+        (folder / "stderr.txt").write_text(p.stderr)
+
+    folder = made_once(tmp_path_factory, "two_epochs", make)
+    return folder / "run", (folder / "stderr.txt").read_text()
 
 
-def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, tmp_path):
-    (a, first), b = two_epochs, tmp_path / "b"
+@pytest.fixture(scope="session")
+def three_steps(tiny_data, tmp_path_factory) -> Path:
+    """The same run stopped by max_steps after 3 steps (mid-epoch): the resume test resumes a
+    copy of it, and it is the one-rank reference of the two-rank run. Made once a run."""
+    def make(folder: Path) -> None:
+        check(run_train(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS, "train.max_steps=3")))
+
+    return made_once(tmp_path_factory, "three_steps", make) / "run"
+
+
+def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, three_steps,
+                                                   tmp_path):
+    (a, first_stderr), b = two_epochs, tmp_path / "b"
     # two evaluations on val, one val loader (DALI keeps its pipeline between them)
     assert len(list((a).glob("eval_val_epoch*.json"))) == 2
-    assert first.stderr.count("data loader for val") == 1
+    assert first_stderr.count("data loader for val") == 1
     full = losses(a)
     assert len(full) >= 4 and all(map(lambda x: x == x, full))
     # stop after 3 steps (mid-epoch), then resume: the same losses, bit for bit
-    check(run_train(tiny_args(tiny_data, b, *TWO_EPOCHS, "train.max_steps=3")))
+    shutil.copytree(three_steps, b)
     obj = torch.load(b / "latest.pt", weights_only=True)
     assert obj["step"] == 3 and obj["batch_in_epoch"] == 3 and obj["epoch"] == 0
     check(run_train(tiny_args(tiny_data, b, *TWO_EPOCHS) + ["--resume", "auto"]))
@@ -112,10 +133,9 @@ def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, tmp_pa
     assert "R1" in p.stdout
 
 
-def test_two_ranks_match_one(tiny_data, tmp_path):
-    one, two = tmp_path / "one", tmp_path / "two"
-    extra = ("train.max_steps=3", "train.eval_every_epoch=true")
-    check(run_train(tiny_args(tiny_data, one, *extra)))
+def test_two_ranks_match_one(tiny_data, three_steps, tmp_path):
+    one, two = three_steps, tmp_path / "two"
+    extra = (*TWO_EPOCHS, "train.max_steps=3", "train.eval_every_epoch=true")
     p = run_train(tiny_args(tiny_data, two, *extra), torchrun=2, timeout=400)
     check(p)
     l1, l2 = losses(one), losses(two)
@@ -143,7 +163,8 @@ def test_accumulation_and_fp16_modes_run(tiny_data, tmp_path):
     out = tmp_path / "acc"
     check(run_train(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
                               "train.precision=amp_fp16", "train.max_steps=2",
-                              "train.eval_every_epoch=false", "eval.test_at_end=true")))
+                              "train.eval_every_epoch=false", "eval.test_at_end=true",
+                              "eval.index_test_split=false")))  # the demo's index: its own test
     assert len(losses(out)) == 2
     # a run cut by max_steps is tested at the end, not before training
     assert (out / "eval_test.json").is_file() and not (out / "eval_test_before.json").exists()
@@ -293,7 +314,8 @@ def test_trains_and_evaluates_on_real_msvd_clips(tmp_path, prepared):
     for s in (f"data.data_path={MINI_MSVD / 'msvd_data'}", f"data.features_path={videos}",
               "data.synthetic.videos=0", f"data.loader={'dali' if prepared else 'auto'}",
               "train.batch_size=8", "train.epochs=2", "train.eval_batch_size=4",
-              f"train.output_dir={run}", "train.log_every=1"):
+              f"train.output_dir={run}", "train.log_every=1",
+              "eval.index_test_split=false"):  # indexing (a worker pool): tested elsewhere
         args += ["--set", s]
     p = run_train(args)
     check(p)
