@@ -122,21 +122,14 @@ def run_in_one_process(root: Path, runs: dict[str, list[str]]) -> dict[str, Run]
 
 
 def once_a_session(tmp_path_factory, key: str, make):
-    """``make(folder)``'s JSON result, made once a test session: under pytest-xdist the
-    workers share one run (a lock in the session's folder) instead of one each."""
-    import fcntl
+    """``make(folder)``'s JSON result, made once a test run for every pytest-xdist worker
+    (``conftest.made_once``: one lock, a half-made folder made again)."""
+    from conftest import made_once
 
-    if not os.environ.get("PYTEST_XDIST_WORKER"):
-        return make(tmp_path_factory.mktemp(key))
-    shared = tmp_path_factory.getbasetemp().parent  # this session's, above each worker's
-    with open(shared / f"{key}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        done = shared / f"{key}.json"
-        if not done.exists():
-            folder = shared / key
-            folder.mkdir()
-            done.write_text(json.dumps(make(folder)))
-        return json.loads(done.read_text())
+    def make_and_keep(folder: Path) -> None:
+        (folder / "result.json").write_text(json.dumps(make(folder)))
+
+    return json.loads((made_once(tmp_path_factory, key, make_and_keep) / "result.json").read_text())
 
 
 _CACHE: dict[str, dict[str, Run]] = {}
