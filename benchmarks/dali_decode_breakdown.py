@@ -37,7 +37,7 @@ def make_pipe(stage: str, clips: list, batch: int, threads: int, max_frames: int
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from clip4clip_dali.data.reference import CLIP_MEAN, CLIP_STD
+    from clip4clip_dali.data.loaders.reference import CLIP_MEAN, CLIP_STD
 
     steps = len(clips) // batch
 
@@ -95,7 +95,7 @@ def main() -> int:
     args = ap.parse_args()
     import numpy as np
 
-    from clip4clip_dali.data.host_memory import reuse_freed_batches
+    from clip4clip_dali.data.loaders.host_memory import reuse_freed_batches
     from clip4clip_dali.data.presampled import read_presampled
 
     reuse_freed_batches()  # as the DALI loaders do (a fresh 58 MB batch otherwise faults in)

@@ -38,7 +38,7 @@ def clips(features_path: Path, max_frames: int, resolution: int, limit: int, dec
     """[(bytes, indices, resize target, needs resize, codec)] of the videos under the path that
     DALI can decode on ``decoder_dev``."""
     from clip4clip_dali.config import DataConfig
-    from clip4clip_dali.data.dali_loader import resize_size, unsupported_reason
+    from clip4clip_dali.data.loaders.dali_loader import resize_size, unsupported_reason
     from clip4clip_dali.data.manifest import probe_video
     from clip4clip_dali.data.sampling import clip_frame_indices
 
@@ -62,7 +62,7 @@ def build(stage: str, data: list, args, device_id):
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from clip4clip_dali.data.dali_loader import _pipeline_fn
+    from clip4clip_dali.data.loaders.dali_loader import _pipeline_fn
 
     gpu = device_id is not None
     decode_device = "mixed" if gpu and args.decoder == "nvdec" else "cpu"
@@ -161,7 +161,7 @@ def main(argv=None) -> int:
         print(f"error: no video under {folder} (not a folder, or no file in it)", file=sys.stderr)
         return 2
 
-    from clip4clip_dali.data.dali_loader import dali_import_error
+    from clip4clip_dali.data.loaders.dali_loader import dali_import_error
 
     err = dali_import_error()
     if err:
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
         return 2
     import torch
 
-    from clip4clip_dali.data.dali_loader import decoder_device
+    from clip4clip_dali.data.loaders.dali_loader import decoder_device
 
     device_id = None
     gpu = None

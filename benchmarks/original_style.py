@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from clip4clip_dali.data.reference import CLIP_MEAN, CLIP_STD
+from clip4clip_dali.data.loaders.reference import CLIP_MEAN, CLIP_STD
 
 
 def cv2_import_error() -> str | None:

@@ -85,7 +85,7 @@ def big_set(work: Path, base: Path, samples: int) -> Path:
 def epoch(manifest: str) -> None:
     """(child) one training epoch of batches; prints peak RSS before and after."""
     from clip4clip_dali.config import DataConfig
-    from clip4clip_dali.data.dali_shards import ShardLoader
+    from clip4clip_dali.data.loaders.dali_shards import ShardLoader
     from clip4clip_dali.data.dataset import load_split
 
     cfg = DataConfig(dataset="shards", data_path=manifest, max_frames=FRAMES,

@@ -30,7 +30,7 @@ def webdataset_pass(manifest: Path, batch: int, threads: int, resolution: int, m
     import nvidia.dali.types as types
     from nvidia.dali import pipeline_def
 
-    from clip4clip_dali.data.reference import CLIP_MEAN, CLIP_STD
+    from clip4clip_dali.data.loaders.reference import CLIP_MEAN, CLIP_STD
 
     doc = json.loads(manifest.read_text())
     shards = doc["splits"]["train"]["shards"]
@@ -89,7 +89,7 @@ def in_memory_loader(split, data_cfg, batch: int):
     is DALI's work and the loader's own (the ceiling any reader can reach)."""
     import numpy as np
 
-    from clip4clip_dali.data.dali_loader import DaliLoader
+    from clip4clip_dali.data.loaders.dali_loader import DaliLoader
 
     class InMemory(DaliLoader):
         def _read_clip(self, v: int):
@@ -138,8 +138,8 @@ def main() -> int:
                          "the seconds the shard loader spends feeding bytes")
     args = ap.parse_args()
     from clip4clip_dali.config import DataConfig
-    from clip4clip_dali.data.dali_loader import DaliLoader
-    from clip4clip_dali.data.dali_shards import ShardLoader
+    from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+    from clip4clip_dali.data.loaders.dali_shards import ShardLoader
     from clip4clip_dali.data.dataset import load_split
 
     common = dict(max_frames=args.max_frames, image_resolution=args.resolution,

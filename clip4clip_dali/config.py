@@ -61,7 +61,7 @@ class DataConfig:
     # (experimental: not yet measured on a GPU). Ignored on the CPU.
     dali_decoder: Literal["nvdec", "cpu"] = "nvdec"
     # Decode each video of a split once and keep its sampled frames as uint8 where the batches
-    # go (data/frame_cache.py; MSVD train, 12 frames at 224: 2.2 GB a process).
+    # go (data/loaders/frame_cache.py; MSVD train, 12 frames at 224: 2.2 GB a process).
     frame_cache: bool = False
     prefetch: int = 2  # batches queued ahead (DALI prefetch_queue_depth, DataLoader prefetch)
     manifest: Optional[str] = None  # default: <features_path>/.clip4clip_manifest.json

@@ -86,7 +86,7 @@ def window_counts(split, present) -> dict:
 def evaluate_split(model, cfg, split, dist_info: D.DistInfo, loader=None,
                    tokenizer=None) -> dict:
     """Metrics of ``model`` on ``split`` (an MSVDSplit): {"plain": {...}, "dsl": {...}?, ...}."""
-    from .data.loader import build_loader
+    from .data.loaders.loader import build_loader
     from .data.text import Tokenizer
 
     t0 = time.perf_counter()

@@ -83,7 +83,7 @@ def build_model(cfg: Config, device: torch.device) -> torch.nn.Module:
 
 
 def build_split_loader(cfg: Config, split, mode: str, info: D.DistInfo):
-    from .data.loader import build_loader
+    from .data.loaders.loader import build_loader
 
     return build_loader(cfg, split, mode, rank=info.rank, world_size=info.world_size,
                         device=info.device)

@@ -91,7 +91,7 @@ def run(cfg: Config, resume: str | None = None, info: D.DistInfo | None = None) 
     val_loader = build_split_loader(cfg, val_split, "eval", info) if val_split else None
     steps_per_epoch = len(loader)
     if steps_per_epoch == 0:
-        from .data.sharding import train_sample_count
+        from .data.loaders.sharding import train_sample_count
 
         raise UserError(f"the {cfg.data.train_split} split has {train_sample_count(train_split)} "
                         f"training samples, fewer than one global batch (train.batch_size "

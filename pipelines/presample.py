@@ -75,7 +75,7 @@ def presample_video(src: str | os.PathLike, dst: str | os.PathLike, sampling: Sa
 
 
 def _sampled_images(src: Path, indices: np.ndarray, resolution: int) -> list:
-    from clip4clip_dali.data.reference import decode_frames, resize_crop
+    from clip4clip_dali.data.loaders.reference import decode_frames, resize_crop
 
     return [np.asarray(resize_crop(im, resolution)) for im in decode_frames(src, indices)]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from clip4clip_dali.data.reference import CLIP_STD
+from clip4clip_dali.data.loaders.reference import CLIP_STD
 
 # Five clips DALI decodes on the CPU: two codecs, landscape, portrait, square, several rates.
 CPU_SPECS = [dict(frames=40, fps=10, codec="vp9"),

@@ -15,7 +15,7 @@ import torch
 
 from clip4clip_dali.config import DataConfig
 from clip4clip_dali.data.msvd import DatasetError, load_split
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from conftest import write_clip
 
 

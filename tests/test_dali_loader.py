@@ -8,9 +8,9 @@ import shutil
 import pytest
 import torch
 
-from clip4clip_dali.data.dali_loader import DaliLoader, resize_size
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader, resize_size
 from clip4clip_dali.data.msvd import load_split
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from dali_fixtures import CPU_SPECS, data_config, make_dataset, pixel_mae
 
 @pytest.fixture(scope="module")
@@ -253,8 +253,8 @@ def test_gpu_routing_of_what_nvdec_cannot_decode(tmp_path, what):
     """MJPEG (DALI's GPU decoder rejects it: "Codec 7 (mjpeg) is not supported by the GPU
     variant") and VP9 below 128x128 never reach NVDEC: auto falls back to the reference
     loader, an explicit dali is a UserError. Runs without a GPU (only the choice is tested)."""
-    from clip4clip_dali.data.dali_loader import dali_import_error
-    from clip4clip_dali.data.loader import choose_backend
+    from clip4clip_dali.data.loaders.dali_loader import dali_import_error
+    from clip4clip_dali.data.loaders.loader import choose_backend
     from clip4clip_dali.errors import UserError
 
     if dali_import_error():
@@ -276,8 +276,8 @@ def test_gpu_routing_of_what_nvdec_cannot_decode(tmp_path, what):
 def test_gpu_run_with_cpu_decoder_takes_cpu_codecs_at_any_size(tmp_path):
     """data.dali_decoder=cpu on a GPU: DALI's CPU decoder feeds the GPU, so MJPEG and VP9
     below NVDEC's minimum are DALI's, H.264 is not. Runs without a GPU (only the choice)."""
-    from clip4clip_dali.data.dali_loader import dali_import_error
-    from clip4clip_dali.data.loader import choose_backend
+    from clip4clip_dali.data.loaders.dali_loader import dali_import_error
+    from clip4clip_dali.data.loaders.loader import choose_backend
     from clip4clip_dali.errors import UserError
 
     if dali_import_error():
@@ -318,7 +318,7 @@ def test_dali_cpu_decoder_feeding_the_gpu_equals_reference(tmp_path):
 @pytest.mark.gpu
 @gpu
 def test_dali_gpu_mjpeg_goes_to_the_reference_loader(tmp_path):
-    from clip4clip_dali.data.loader import build_loader
+    from clip4clip_dali.data.loaders.loader import build_loader
 
     data, videos = make_dataset(tmp_path, gpu_specs("mjpeg"))
     cfg = _loader_cfg(data, videos, "auto")
@@ -349,7 +349,7 @@ def test_dali_gpu_broken_video_is_skipped(gpu_dataset, tmp_path, caplog):
 @gpu
 def test_build_loader_auto_uses_nvdec_for_h264(tmp_path):
     from clip4clip_dali.config import from_dict
-    from clip4clip_dali.data.loader import build_loader
+    from clip4clip_dali.data.loaders.loader import build_loader
 
     data, videos = make_dataset(tmp_path, [dict(frames=30, fps=10, codec="h264")] * 3)
     cfg = from_dict({"data": {"data_path": str(data), "features_path": str(videos),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from clip4clip_dali.config import load_config
-from clip4clip_dali.data.dali_loader import DaliLoader, default_dali_threads
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader, default_dali_threads
 from clip4clip_dali.data.msvd import load_split
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
 

@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from clip4clip_dali.config import from_dict
-from clip4clip_dali.data.dali_loader import DaliLoader
-from clip4clip_dali.data.frame_cache import CachedLoader
-from clip4clip_dali.data.loader import build_loader
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+from clip4clip_dali.data.loaders.frame_cache import CachedLoader
+from clip4clip_dali.data.loaders.loader import build_loader
 from clip4clip_dali.data.msvd import load_split
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
 
 @pytest.fixture(scope="module")

@@ -13,8 +13,8 @@ RANKS = 2
 
 
 def _worker(rank: int, init_file: str, dataset, out_dir: str) -> None:
-    from clip4clip_dali.data.dali_loader import DaliLoader
-    from clip4clip_dali.data.frame_cache import CachedLoader
+    from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+    from clip4clip_dali.data.loaders.frame_cache import CachedLoader
     from clip4clip_dali.data.msvd import load_split
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
@@ -45,8 +45,8 @@ def dataset(tmp_path_factory):
 
 
 def test_each_rank_decodes_its_share_and_the_cache_is_gathered(dataset, tmp_path):
-    from clip4clip_dali.data.dali_loader import DaliLoader
-    from clip4clip_dali.data.frame_cache import CachedLoader
+    from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+    from clip4clip_dali.data.loaders.frame_cache import CachedLoader
     from clip4clip_dali.data.msvd import load_split
 
     run_ranks(_worker, lambda r: (r, str(tmp_path / "init"), dataset, str(tmp_path)),

@@ -8,7 +8,7 @@ from conftest import REPO
 
 PROBE = """
 import ctypes, os, sys
-from clip4clip_dali.data.host_memory import reuse_freed_batches
+from clip4clip_dali.data.loaders.host_memory import reuse_freed_batches
 tuned = reuse_freed_batches() if sys.argv[1] == "tune" else False
 libc = ctypes.CDLL("libc.so.6")
 libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]

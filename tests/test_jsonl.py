@@ -12,7 +12,7 @@ import pytest
 from clip4clip_dali.config import DataConfig
 from clip4clip_dali.data.dataset import DatasetError, load_split, split_names
 from clip4clip_dali.data.jsonl import convert_spreadsheet
-from clip4clip_dali.data.sharding import train_sample_count
+from clip4clip_dali.data.loaders.sharding import train_sample_count
 from conftest import REPO
 from layout_fixtures import caption, own_clips_records, write_clips, write_lines
 

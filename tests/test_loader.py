@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from clip4clip_dali.config import from_dict
-from clip4clip_dali.data import loader as loader_mod
-from clip4clip_dali.data.loader import build_loader, choose_backend
+from clip4clip_dali.data.loaders import loader as loader_mod
+from clip4clip_dali.data.loaders.loader import build_loader, choose_backend
 from clip4clip_dali.data.msvd import load_split
 from clip4clip_dali.errors import UserError
 from dali_fixtures import make_dataset
@@ -110,7 +110,7 @@ def test_per_rank_batch_and_world_size(datasets):
 
 _COLLECTING_DATASET = """
 import gc
-from clip4clip_dali.data.reference import ClipDataset
+from clip4clip_dali.data.loaders.reference import ClipDataset
 
 
 class CollectingDataset(ClipDataset):
@@ -122,9 +122,9 @@ class CollectingDataset(ClipDataset):
 _AFTER_DALI = """
 import gc, sys
 from clip4clip_dali.config import from_dict
-from clip4clip_dali.data.dali_loader import DaliLoader
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader
 from clip4clip_dali.data.msvd import load_split
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from collecting_dataset import CollectingDataset
 data, videos = sys.argv[1:3]
 cfg = from_dict({"data": {"data_path": data, "features_path": videos, "max_frames": 4,

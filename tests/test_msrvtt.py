@@ -14,8 +14,8 @@ import torch
 from clip4clip_dali.config import DataConfig
 from clip4clip_dali.data.dataset import DatasetError, load_split, split_names
 from clip4clip_dali.data.msrvtt import read_sentences, read_test_rows, read_train_ids
-from clip4clip_dali.data.reference import ReferenceLoader
-from clip4clip_dali.data.sharding import epoch_captions, train_sample_count
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.sharding import epoch_captions, train_sample_count
 from conftest import REALDATA, require_realdata
 from layout_fixtures import caption, write_clips, write_msrvtt
 
@@ -210,8 +210,8 @@ def test_val_csv_override(msrvtt, tmp_path):
 def test_every_loader_reads_the_same_drawn_caption_and_resumes_mid_epoch(msrvtt):
     """DALI (CPU), the reference loader and the frame cache: same samples, same drawn caption
     tokens, each epoch; a pass resumed at batch 1 reads what the full pass read from there."""
-    from clip4clip_dali.data.dali_loader import DaliLoader
-    from clip4clip_dali.data.frame_cache import CachedLoader
+    from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+    from clip4clip_dali.data.loaders.frame_cache import CachedLoader
     from clip4clip_dali.data.text import Tokenizer
 
     c = cfg(msrvtt)

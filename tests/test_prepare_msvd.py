@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from clip4clip_dali.config import DataConfig
-from clip4clip_dali.data.dali_loader import DaliLoader
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader
 from clip4clip_dali.data.manifest import probe_video
 from clip4clip_dali.data.msvd import load_split
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from conftest import MINI_MSVD, REPO, require_realdata
 from dali_fixtures import pixel_mae, smooth_clip
 

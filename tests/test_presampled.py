@@ -11,13 +11,13 @@ import pytest
 import torch
 
 from clip4clip_dali.config import DataConfig, load_config
-from clip4clip_dali.data.dali_loader import DaliLoader
-from clip4clip_dali.data.frame_cache import CachedLoader
-from clip4clip_dali.data.loader import build_loader
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+from clip4clip_dali.data.loaders.frame_cache import CachedLoader
+from clip4clip_dali.data.loaders.loader import build_loader
 from clip4clip_dali.data.manifest import probe_video
 from clip4clip_dali.data.msvd import load_split
 from clip4clip_dali.data.presampled import Sampling, read_presampled
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from clip4clip_dali.errors import UserError
 from conftest import MINI_MSVD, REPO, require_realdata
 from dali_fixtures import make_dataset, pixel_mae

@@ -6,7 +6,7 @@ import torch
 from clip4clip_dali.config import DataConfig
 from clip4clip_dali.data.manifest import probe_video
 from clip4clip_dali.data.msvd import load_split
-from clip4clip_dali.data.reference import (ReferenceLoader, clip_transform, decode_clip,
+from clip4clip_dali.data.loaders.reference import (ReferenceLoader, clip_transform, decode_clip,
                                            pad_clip)
 from clip4clip_dali.data.sampling import frame_indices
 from conftest import MINI_MSVD, require_realdata, write_clip

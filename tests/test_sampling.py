@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from clip4clip_dali.data.sampling import frame_indices, frame_order_permutation
-from clip4clip_dali.data.sharding import shard_order
+from clip4clip_dali.data.loaders.sharding import shard_order
 
 # (frames, fps, feature_framerate, max_frames, slice_framepos) -> indices, checked by hand
 # against the original's loop: fps truncated, sec*fps + offsets, stop at the first missing frame.

@@ -13,9 +13,9 @@ import pytest
 import torch
 
 from clip4clip_dali.config import load_config
-from clip4clip_dali.data.dali_shards import ShardLoader
+from clip4clip_dali.data.loaders.dali_shards import ShardLoader
 from clip4clip_dali.data.dataset import load_split
-from clip4clip_dali.data.loader import build_loader
+from clip4clip_dali.data.loaders.loader import build_loader
 from clip4clip_dali.data.presampled import Sampling
 from clip4clip_dali.data.shards_store import parse_index
 from clip4clip_dali.errors import UserError

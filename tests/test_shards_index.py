@@ -86,7 +86,7 @@ def per_file(shard_set) -> dict[str, torch.Tensor]:
     the per-file loader (the frames the trainer sees from that set)."""
     from clip4clip_dali.api import load_model
     from clip4clip_dali.data.dataset import load_split
-    from clip4clip_dali.data.loader import build_loader
+    from clip4clip_dali.data.loaders.loader import build_loader
 
     model = load_model(shard_set.ckpt, device="cpu")
     split = load_split(data_cfg(features_path=str(shard_set.pre)), "test")

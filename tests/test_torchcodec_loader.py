@@ -12,12 +12,12 @@ import pytest
 import torch
 
 from clip4clip_dali.config import DataConfig, from_dict
-from clip4clip_dali.data.loader import build_loader
+from clip4clip_dali.data.loaders.loader import build_loader
 from clip4clip_dali.data.manifest import probe_video
 from clip4clip_dali.data.msvd import load_split
-from clip4clip_dali.data.reference import DecodeError, ReferenceLoader
+from clip4clip_dali.data.loaders.reference import DecodeError, ReferenceLoader
 from clip4clip_dali.data.sampling import frame_indices
-from clip4clip_dali.data.torchcodec_loader import (TorchcodecLoader, pil_frames_to_clip,
+from clip4clip_dali.data.loaders.torchcodec_loader import (TorchcodecLoader, pil_frames_to_clip,
                                                    tensor_frames_to_clip, torchcodec_frames)
 from conftest import MINI_MSVD, REALDATA, require_realdata
 from dali_fixtures import make_dataset, pixel_mae, smooth_clip

@@ -319,7 +319,7 @@ def test_trains_and_evaluates_on_real_msvd_clips(tmp_path, prepared):
         args += ["--set", s]
     p = run_train(args)
     check(p)
-    from clip4clip_dali.data.torchcodec_loader import torchcodec_import_error
+    from clip4clip_dali.data.loaders.torchcodec_loader import torchcodec_import_error
 
     cpu_fallback = "reference" if torchcodec_import_error() else "torchcodec"
     assert f"loader {'dali' if prepared else cpu_fallback}" in p.stderr

@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 
 from clip4clip_dali.config import DataConfig
-from clip4clip_dali.data.dali_loader import DaliLoader
-from clip4clip_dali.data.frame_cache import CachedLoader
+from clip4clip_dali.data.loaders.dali_loader import DaliLoader
+from clip4clip_dali.data.loaders.frame_cache import CachedLoader
 from clip4clip_dali.data.jsonl import load_split
 from clip4clip_dali.data.presampled import split_frames
-from clip4clip_dali.data.reference import ReferenceLoader
+from clip4clip_dali.data.loaders.reference import ReferenceLoader
 from clip4clip_dali.data.sampling import window_frame_indices
 from clip4clip_dali.data.split import DatasetError
-from clip4clip_dali.data.torchcodec_loader import TorchcodecLoader
+from clip4clip_dali.data.loaders.torchcodec_loader import TorchcodecLoader
 from dali_fixtures import smooth_clip
 from layout_fixtures import write_lines
 from test_dali_loader import assert_same_batches

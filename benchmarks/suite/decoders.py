@@ -67,13 +67,13 @@ def unsupported(kind: str, split, has_cuda: bool) -> str | None:
     if kind in ("dali_cpu", "dali_nvdec"):
         import torch
 
-        from clip4clip_dali.data.loader import undecodable
+        from clip4clip_dali.data.loaders.loader import undecodable
 
         bad = undecodable(split, torch.device("cuda" if kind == "dali_nvdec" else "cpu"))
         if bad:
             return f"DALI cannot decode {', '.join(sorted(bad))} there"
     if kind == "torchcodec":
-        from clip4clip_dali.data.torchcodec_loader import torchcodec_import_error
+        from clip4clip_dali.data.loaders.torchcodec_loader import torchcodec_import_error
 
         return torchcodec_import_error()
     return None
@@ -94,7 +94,7 @@ class _OpenCVClips:
         import torch
         from PIL import Image
 
-        from clip4clip_dali.data.torchcodec_loader import images_to_clip
+        from clip4clip_dali.data.loaders.torchcodec_loader import images_to_clip
 
         cap = cv2.VideoCapture(self.paths[i])
         images = []
@@ -133,7 +133,7 @@ def _opencv_loader(split, cfg, batch: int, threads: int):
     from torch.utils.data import DataLoader
 
     from clip4clip_dali.data.presampled import split_frames
-    from clip4clip_dali.data.reference import worker_context
+    from clip4clip_dali.data.loaders.reference import worker_context
 
     indices, presampled = split_frames(split, cfg.data)
     ds = _OpenCVClips(split.video_paths, indices, cfg.data.image_resolution,
@@ -208,7 +208,7 @@ class PyNvcLoader:
     def _clip(self, v: int):
         import torch
 
-        from clip4clip_dali.data.torchcodec_loader import tensor_frames_to_clip
+        from clip4clip_dali.data.loaders.torchcodec_loader import tensor_frames_to_clip
 
         if getattr(self._local, "bound", None) is None:
             torch.cuda.set_device(self.device)
@@ -245,16 +245,16 @@ def make(kind: str, cfg, split, batch: int, threads: int):
     if kind == "opencv":
         return _opencv_loader(split, cfg, batch, threads)
     if kind == "pyav":
-        from clip4clip_dali.data.reference import ReferenceLoader
+        from clip4clip_dali.data.loaders.reference import ReferenceLoader
 
         return ReferenceLoader(split, cfg.data, "eval", batch, num_workers=threads)
     if kind in ("torchcodec", "torchcodec_cuda"):
-        from clip4clip_dali.data.torchcodec_loader import TorchcodecLoader
+        from clip4clip_dali.data.loaders.torchcodec_loader import TorchcodecLoader
 
         return TorchcodecLoader(split, cfg.data, "eval", batch, device=gpu or "cpu",
                                 threads=threads)
     if kind in ("dali_cpu", "dali_nvdec"):
-        from clip4clip_dali.data.dali_loader import DaliLoader
+        from clip4clip_dali.data.loaders.dali_loader import DaliLoader
 
         data = dataclasses.replace(cfg.data, dali_threads=threads, dali_decoder="nvdec")
         return DaliLoader(split, data, "eval", batch, device=gpu or "cpu")

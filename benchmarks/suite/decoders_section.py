@@ -176,7 +176,7 @@ def markdown(doc: dict) -> list[str]:
 
 def targets(doc: dict) -> list[dict]:
     """Information, no target: the two fastest CPU decoders of each set (data.loader=auto
-    takes DALI where its CPU decoder reads the codec, else torchcodec: data/loader.py)."""
+    takes DALI where its CPU decoder reads the codec, else torchcodec: data/loaders/loader.py)."""
     out = []
     for ds in doc.get(NAME, {}).get("datasets", {}):
         rows = sorted((r for r in doc[NAME]["rows"] if r["dataset"] == ds and r["status"] == "ok"

@@ -54,7 +54,7 @@ def loader_row(kind: str, args, cfg, split, has_cuda: bool, pipelines: int = 1):
         from original_style import OriginalStyleDataset
         from torch.utils.data import DataLoader
 
-        from clip4clip_dali.data.reference import worker_context
+        from clip4clip_dali.data.loaders.reference import worker_context
 
         ds = OriginalStyleDataset(split.video_paths, cfg.data.max_frames, cfg.data.image_resolution,
                                   cfg.data.feature_framerate, cfg.data.slice_framepos)

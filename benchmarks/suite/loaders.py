@@ -23,14 +23,14 @@ def make_loader(kind: str, cfg, split, mode: str, batch_size: int, device):
 
     device = torch.device(device)
     if kind == "reference":
-        from clip4clip_dali.data.reference import ReferenceLoader
+        from clip4clip_dali.data.loaders.reference import ReferenceLoader
 
         return ReferenceLoader(split, cfg.data, mode, batch_size, device=device,
                                num_workers=cfg.data.num_workers)
-    from clip4clip_dali.data.dali_loader import DaliLoader
+    from clip4clip_dali.data.loaders.dali_loader import DaliLoader
 
     if kind == "cache":
-        from clip4clip_dali.data.frame_cache import CachedLoader
+        from clip4clip_dali.data.loaders.frame_cache import CachedLoader
 
         inner = cache_filler(split, torch.cuda.is_available())
         out_device = torch.device("cuda", torch.cuda.current_device()) if inner == "dali_gpu" \
@@ -43,7 +43,7 @@ def make_loader(kind: str, cfg, split, mode: str, batch_size: int, device):
         loader.filler = inner
         return loader
     if cfg.data.dataset == "shards":  # tar shards: the same DALI loader, fed by offset
-        from clip4clip_dali.data.dali_shards import ShardLoader as DaliLoader  # noqa: F811
+        from clip4clip_dali.data.loaders.dali_shards import ShardLoader as DaliLoader  # noqa: F811
     if kind in GPU_KINDS:
         data = dataclasses.replace(cfg.data, dali_decoder="cpu" if kind == "dali_hybrid" else "nvdec")
         return DaliLoader(split, data, mode, batch_size,
@@ -81,7 +81,7 @@ def start_worker_server() -> None:
     every prepare pool worker did too: the --quick run took 105 s instead of 11 s at load 6."""
     import multiprocessing.forkserver as forkserver
 
-    from clip4clip_dali.data.reference import worker_context
+    from clip4clip_dali.data.loaders.reference import worker_context
 
     if worker_context().get_start_method() == "forkserver":
         forkserver.ensure_running()
@@ -108,8 +108,8 @@ def unsupported_reason(kind: str, split, has_cuda: bool) -> str | None:
         try:
             import torch
 
-            from clip4clip_dali.data.dali_loader import dali_import_error
-            from clip4clip_dali.data.loader import undecodable
+            from clip4clip_dali.data.loaders.dali_loader import dali_import_error
+            from clip4clip_dali.data.loaders.loader import undecodable
         except Exception as e:
             return f"DALI loader not importable ({short_error(e)})"
         err = dali_import_error()

@@ -58,7 +58,7 @@ def probe_videos(paths: Sequence[str | Path]) -> list:
 def backend_groups(cfg: Config, infos: Sequence, device: torch.device) -> dict[str, list[int]]:
     """Positions of the videos each loader reads: ``dali`` where DALI decodes the video on
     ``device`` (and ``data.loader`` is not ``reference``), ``reference`` for the rest."""
-    from ..data.dali_loader import dali_import_error, decoder_device, unsupported_reason
+    from ..data.loaders.dali_loader import dali_import_error, decoder_device, unsupported_reason
 
     everything = list(range(len(infos)))
     if cfg.data.loader == "reference" or dali_import_error() is not None:
@@ -73,7 +73,7 @@ def backend_groups(cfg: Config, infos: Sequence, device: torch.device) -> dict[s
 
 def _loader(cfg: Config, backend: str, infos: Sequence, positions: list[int],
             device: torch.device, batch_size: int, windows: Sequence | None = None):
-    from ..data.loader import build_loader
+    from ..data.loaders.loader import build_loader
     from ..data.msvd import MSVDSplit
 
     split = MSVDSplit("videos", [str(p) for p in positions],

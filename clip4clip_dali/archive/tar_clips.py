@@ -108,7 +108,7 @@ class MemberClips:
         never appears). A pre-sampled clip has no time windows to sample."""
         if windows is not None and any(w is not None for w in windows):
             raise UserError(NO_WINDOWS)
-        from ..data.loader import build_loader
+        from ..data.loaders.loader import build_loader
         from ..data.shards import ShardSplit
 
         cfg, groups = self.model.config, {}

@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s: %(message)s")
     from ..config import load_config
-    from .loader import build_loader
+    from .loaders.loader import build_loader
     from .dataset import load_split
 
     cfg = load_config(args.config, args.set + [f"data.loader={args.backend}"])

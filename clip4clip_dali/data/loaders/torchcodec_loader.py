@@ -49,14 +49,14 @@ import numpy as np
 import torch
 
 from .dali_loader import finish_batch, resize_size
-from .presampled import split_frames
+from ..presampled import split_frames
 from .reference import (CLIP_MEAN, CLIP_STD, DecodeError, clip_transform, decode_frames,
                         normalize_image, yuv420_to_image)
 from .sharding import EpochShard
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
-    from .msvd import MSVDSplit
+    from ...config import DataConfig
+    from ..msvd import MSVDSplit
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -252,7 +252,7 @@ class TorchcodecLoader(EpochShard):
         self.pyav_fallbacks: set[int] = set()  # videos torchcodec could not read exactly
         self._lock = threading.Lock()
         if mode == "train":
-            from .text import Tokenizer
+            from ..text import Tokenizer
 
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
         if self.device.type == "cuda":

@@ -16,15 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from ..workers import clean_context
-from .presampled import split_frames
-from .sampling import frame_order_permutation
+from ...workers import clean_context
+from ..presampled import split_frames
+from ..sampling import frame_order_permutation
 from .sharding import EpochShard, epoch_captions, train_sample_count, train_sample_video
-from .text import Tokenizer
+from ..text import Tokenizer
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
-    from .msvd import MSVDSplit
+    from ...config import DataConfig
+    from ..msvd import MSVDSplit
 
 log = logging.getLogger("clip4clip_dali")
 

@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from ..errors import UserError
+from ...errors import UserError
 from .dali_loader import DaliLoader
 from .dali_shards import ShardLoader, shard_backend
 from .dali_support import (dali_import_error, decoder_device, normalize_codec,
                           unsupported_reason)
-from .presampled import check_sampling
+from ..presampled import check_sampling
 from .reference import ReferenceLoader
 from .torchcodec_loader import TorchcodecLoader, torchcodec_import_error
 
 if TYPE_CHECKING:
-    from ..config import Config
-    from .msvd import MSVDSplit
+    from ...config import Config
+    from ..msvd import MSVDSplit
 
 log = logging.getLogger("clip4clip_dali")
 

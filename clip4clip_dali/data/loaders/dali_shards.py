@@ -23,7 +23,7 @@ import logging
 
 import numpy as np
 
-from ..errors import UserError
+from ...errors import UserError
 from .dali_loader import DaliLoader
 from .dali_support import dali_import_error
 

@@ -26,15 +26,15 @@ from typing import TYPE_CHECKING, Callable
 import numpy as np
 import torch
 
-from ..errors import UserError
+from ...errors import UserError
 from .dali_loader import finish_batch
-from .presampled import split_frames
+from ..presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
 from .sharding import EpochShard
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
-    from .msvd import MSVDSplit
+    from ...config import DataConfig
+    from ..msvd import MSVDSplit
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -62,7 +62,7 @@ class CachedLoader(EpochShard):
         self.frames: torch.Tensor | None = None  # (videos, max_frames, 3, R, R) uint8
         self.cached = np.zeros(split.num_videos, dtype=bool)
         if mode == "train":
-            from .text import Tokenizer
+            from ..text import Tokenizer
 
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
         self._mean = torch.tensor(CLIP_MEAN).view(3, 1, 1) * 255.0  # pixel units

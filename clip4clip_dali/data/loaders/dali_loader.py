@@ -53,14 +53,14 @@ from .dali_support import (CPU_CODECS, GPU_CODECS, GPU_MIN_SIZE,  # noqa: F401 (
                            dali_import_error, decoder_device, normalize_codec,
                            supported_codecs, unsupported_reason)
 from .host_memory import reuse_freed_batches
-from .presampled import split_frames
+from ..presampled import split_frames
 from .reference import CLIP_MEAN, CLIP_STD
-from .sampling import frame_order_permutation
+from ..sampling import frame_order_permutation
 from .sharding import EpochShard
 
 if TYPE_CHECKING:
-    from ..config import DataConfig
-    from .msvd import MSVDSplit
+    from ...config import DataConfig
+    from ..msvd import MSVDSplit
 
 log = logging.getLogger("clip4clip_dali")
 
@@ -236,7 +236,7 @@ class DaliLoader(EpochShard):
                                 split.video_paths[v])
                     self.bad_videos.add(v)
         if mode == "train":
-            from .text import Tokenizer
+            from ..text import Tokenizer
 
             self.text, self.text_mask = Tokenizer(data_cfg.max_words)(split.captions)
         # (pipelines, sources) left by the last pass that ran to its end, reused by the next
