@@ -1,6 +1,7 @@
 """Shared test fixtures: paths to the real data beside the checkout, and tiny encoded clips."""
 from __future__ import annotations
 
+import logging
 import os
 from fractions import Fraction
 from pathlib import Path
@@ -93,15 +94,20 @@ def write_clip(path: Path, frames: int, fps=30, width=64, height=48, codec="libv
     return path
 
 
+_LOG = logging.getLogger("clip4clip_dali")
+_PRISTINE_LOG = (list(_LOG.handlers), _LOG.propagate, _LOG.level)  # before any command ran
+
+
 @pytest.fixture(autouse=True)
 def restore_logging():
-    """The package logger as it was before each test: a command's main() run in-process
-    (setup_logging) gives it a handler and stops propagation, which hid every later test's
-    records from caplog (tests asserting a warning then failed only in the full suite)."""
-    import logging
+    """The package logger as it is before any command ran, around each test: a command's
+    main() run in-process (setup_logging) gives it a handler and stops propagation, which hid
+    every later test's records from caplog. Session and module fixtures run main() too
+    (before this fixture), so the state is reset before the test as well as after it."""
+    def reset():
+        _LOG.handlers[:] = _PRISTINE_LOG[0]
+        _LOG.propagate, _LOG.level = _PRISTINE_LOG[1], _PRISTINE_LOG[2]
 
-    log = logging.getLogger("clip4clip_dali")
-    state = (list(log.handlers), log.propagate, log.level)
+    reset()
     yield
-    log.handlers[:] = state[0]
-    log.propagate, log.level = state[1], state[2]
+    reset()
