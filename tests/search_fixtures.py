@@ -123,3 +123,30 @@ def clip4clip_log(caplog):
     caplog.set_level(logging.INFO, logger="clip4clip_dali")
     yield caplog
     logger.removeHandler(caplog.handler)
+
+
+def chromium_driver(tmp_path: Path, *args: str):
+    """A headless Chromium driven by selenium, with ``args`` added; fails in CI (which installs
+    them) and skips elsewhere when Chromium, chromedriver or selenium is missing."""
+    import shutil
+
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromedriver = shutil.which("chromedriver")
+    missing = [n for n, ok in (("chromium", chromium), ("chromedriver", chromedriver)) if not ok]
+    try:
+        from selenium import webdriver
+    except ImportError:
+        missing.append("selenium (pip install -e '.[dev]')")
+    if missing:
+        why = f"{', '.join(missing)} not installed (.ci/run installs them)"
+        if os.environ.get("CI"):
+            pytest.fail(why)
+        pytest.skip(why)
+    from selenium.webdriver.chrome.service import Service
+
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+              "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}", *args):
+        opts.add_argument(a)
+    return webdriver.Chrome(service=Service(chromedriver), options=opts)

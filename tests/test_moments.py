@@ -10,7 +10,6 @@ sampling, the vectors stored with start and end, ranking, merging and the ranges
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sqlite3
 import threading
@@ -279,27 +278,9 @@ def test_an_index_without_window_columns_still_opens_and_extends(moment_setup, t
 
 # ------------------------------------------------------------------------------ the page
 def _chromium(tmp_path):
-    CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-    CHROMEDRIVER = shutil.which("chromedriver")
-    missing = [n for n, ok in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not ok]
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing.append("selenium (pip install -e '.[dev]')")
-    if missing:
-        why = f"{', '.join(missing)} not installed (.ci/run installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    from selenium.webdriver.chrome.service import Service
+    from search_fixtures import chromium_driver
 
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}",
-              "--autoplay-policy=no-user-gesture-required"):
-        opts.add_argument(a)
-    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
+    return chromium_driver(tmp_path, "--autoplay-policy=no-user-gesture-required")
 
 
 def test_playing_a_moment_starts_the_player_inside_its_range(moment_searcher, moment_setup,

@@ -14,12 +14,9 @@ import pytest
 from conftest import free_port
 
 pytest.register_assert_rewrite("search_fixtures")
-from search_fixtures import REPO, env  # noqa: E402
+from search_fixtures import REPO, chromium_driver, env  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
 
 
 @pytest.fixture(scope="module")
@@ -108,28 +105,12 @@ def test_files_only_from_the_collection_and_clear_errors(server, folder_index):
 
 
 def test_search_page_in_headless_chromium(server, folder_index, tmp_path):
-    missing = [n for n, ok in (("chromium", CHROMIUM), ("chromedriver", CHROMEDRIVER)) if not ok]
-    try:
-        from selenium import webdriver
-    except ImportError:
-        missing.append("selenium (pip install -e '.[dev]')")
-    if missing:
-        why = f"{', '.join(missing)} not installed (.ci/run installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    from selenium.webdriver.chrome.service import Service
+    driver = chromium_driver(tmp_path)
     from selenium.webdriver.common.by import By
     from selenium.webdriver.common.keys import Keys
     from selenium.webdriver.support.ui import WebDriverWait
 
     url, _, _ = server
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = CHROMIUM
-    for a in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-              "--window-size=1200,900", f"--user-data-dir={tmp_path / 'profile'}"):
-        opts.add_argument(a)
-    driver = webdriver.Chrome(service=Service(CHROMEDRIVER), options=opts)
     try:
         driver.get(url + "/")
         assert "12 videos" in driver.find_element(By.CLASS_NAME, "about").text
