@@ -104,8 +104,9 @@ def member_video(index, rid: int, request):
         return None
     f = open_member(member)
     if f is None:
-        raise NotFound(f"video {rid}: its shard {member['tar']} changed since it was indexed; "
-                       f"run the `index` command again.")
+        # the shard's own path stays on the server, as every other answer keeps paths there
+        raise NotFound(f"video {rid}: its tar shard changed since it was indexed; run the "
+                       f"`index` command again.")
     name = rec.path
     size = int(member["size"])
     ext = name.rsplit(".", 1)[-1].lower()
