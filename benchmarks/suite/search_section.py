@@ -222,10 +222,10 @@ def tight_rows(args) -> list:
 def store_rows(args) -> list:
     """A store of ``--search-store-n`` synthetic 512-d records with an IVF index: open + one
     query; adding 1,000 videos (no encoding)."""
-    from clip4clip_dali.archive import ann
     from clip4clip_dali.archive.ann_update import update_ann
     from clip4clip_dali.archive.collect import Candidate
-    from clip4clip_dali.archive.indexer import _merge, _stage
+    from clip4clip_dali.archive.indexer import _merge
+    from clip4clip_dali.archive.staging import stage
     from clip4clip_dali.archive.searcher import Searcher
     from clip4clip_dali.archive.store import VECTORS, Store, VideoRecord, write_part
     from clip4clip_dali.archive.video_index import VideoIndex
@@ -269,7 +269,7 @@ def store_rows(args) -> list:
         cands = [Candidate(f"v{i}", f"v{i}.webm", 1, 1) for i in range(n)] + \
                 [Candidate(r.id, r.path, 1, 1) for r in recs]
         t = time.perf_counter()
-        _stage(tmp, "bench-r0-00000", identity, recs, [], new)
+        stage(tmp, "bench-r0-00000", identity, recs, [], new)
         s = _merge(tmp, identity, layout, tmp, cands, {"kept": n})
         a = update_ann(tmp, None, s.pop("added"), s.pop("dropped"))
         rows.append({"vectors": "store", "n": n, "dim": d, "method": "add 1,000 videos",

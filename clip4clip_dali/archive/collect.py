@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..config import Config
-from ..data.split import walk_video_files
+from ..data.split import file_id, walk_video_files
 from ..errors import UserError
 
 log = logging.getLogger("clip4clip_dali")
@@ -77,10 +77,7 @@ def split_candidates(cfg: Config, split: str) -> tuple[Path, list[Candidate]]:
         if p in seen:  # a file with captions for several time windows: one entry per window
             continue
         seen.add(p)
-        w = s.window_of(v)
-        if w is not None and vid.endswith(f"@{w[0]}-{w[1]}"):  # data.split.entry_id's name
-            vid = vid[:-len(f"@{w[0]}-{w[1]}")]
-        out.append(_candidate(root, p.relative_to(root).as_posix(), vid))
+        out.append(_candidate(root, p.relative_to(root).as_posix(), file_id(vid, s.window_of(v))))
     return root, [c for c in out if c is not None]
 
 

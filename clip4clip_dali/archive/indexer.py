@@ -33,8 +33,7 @@ from .store import (CONFIG_FILE, DB_FILE, LEGACY_FILE, LOCK_FILE, PARTS, THUMBS,
                     atomic_write_text, row_dtype, write_part)
 from .encode import encode_share, layout_of
 from .moments import describe as describe_windows
-from .staging import drop_staged as _drop_staged, read_staged as _read_staged
-from .staging import stage as _stage, staged as _staged  # noqa: F401 (benchmarks use _stage)
+from . import staging
 from .video_index import VideoIndex, describe, model_identity, read_part
 
 log = logging.getLogger("clip4clip_dali")
@@ -171,8 +170,8 @@ def remove_index(out: Path) -> None:
         store.close()
     for n in names:
         (out / n).unlink(missing_ok=True)
-    for p in _staged(out):
-        _drop_staged(p)
+    for p in staging.staged(out):
+        staging.drop_staged(p)
     for n in (DB_FILE, f"{DB_FILE}-wal", f"{DB_FILE}-shm", CONFIG_FILE):
         (out / n).unlink(missing_ok=True)
     for d in (PARTS, VECTORS, THUMBS):
@@ -209,7 +208,8 @@ def _plan(out: Path, identity: dict, cfg: Config, layout: dict, root: Path,
     damaged = _drop_damaged(out, index)
     known = {p: v[:2] for p, v in index.store.stamps().items()}
     known_failed = {f.path: (f.size, f.mtime_ns) for f in index.failed}
-    for _, records, failed, _ in _read_staged(out, identity, layout, rows=False, window=window):
+    for _, records, failed, _ in staging.read_staged(out, identity, layout, rows=False,
+                                                     window=window):
         known.update({r.path: (r.size, r.mtime_ns) for r in records})
         known_failed.update({f.path: (f.size, f.mtime_ns) for f in failed})
     todo, kept, kept_failed = [], 0, 0
@@ -269,7 +269,7 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
         c = current.get(path)
         return c is not None and (c.size, c.mtime_ns) == stamp[:2]
 
-    staged = _read_staged(out, identity, layout, window=window)
+    staged = staging.read_staged(out, identity, layout, window=window)
     new: dict[str, list[tuple[VideoRecord, np.ndarray, int]]] = {}
     new_failed: dict[str, FailedVideo] = {}
     for _, records, failed, data in staged:
@@ -324,7 +324,7 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
     finally:
         store.close()
     for p, *_ in staged:
-        _drop_staged(p)
+        staging.drop_staged(p)
     try:
         (out / PARTS).rmdir()
     except OSError:
@@ -335,9 +335,10 @@ def _merge(out: Path, identity: dict, layout: dict, root: Path,
                     "e.g. %s: %s", len(failed_list), out, failed_list[0].path,
                     failed_list[0].error)
     summary = {"videos": videos, "kept": plan["kept"], "failed": [asdict(f) for f in failed_list],
-            "removed": sum(1 for p, _, _ in dropped if p not in current), "index": str(out),
-            "kind": "frames" if "frames" in layout else "embeddings",
-            "added": [a[0] for a in added], "dropped": [r for _, rids, _ in dropped for r in rids]}
+               "removed": sum(1 for p, _, _ in dropped if p not in current), "index": str(out),
+               "kind": "frames" if "frames" in layout else "embeddings",
+               "added": [a[0] for a in added],
+               "dropped": [r for _, rids, _ in dropped for r in rids]}
     if window:
         summary["windows"] = windows
     return summary

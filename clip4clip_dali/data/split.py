@@ -246,6 +246,12 @@ def entry_id(vid: str, window: Optional[tuple[int, int]], only: bool) -> str:
     return vid if only or window is None else f"{vid}@{window[0]}-{window[1]}"
 
 
+def file_id(entry: str, window: Optional[tuple[int, int]]) -> str:
+    """The video id ``entry_id`` made ``entry`` from (its ``@start-end`` taken off)."""
+    suffix = "" if window is None else f"@{window[0]}-{window[1]}"
+    return entry[:-len(suffix)] if suffix and entry.endswith(suffix) else entry
+
+
 def _windowed_split(name, ids, videos, captions, infos, windows, caption_per_epoch):
     entry_ids, paths, entry_infos, entry_windows = [], [], [], []
     caps, owner = [], []
