@@ -181,7 +181,8 @@ class Tracker:
         done = epoch + 1 if epochs_done is None else epochs_done
         self.write({"kind": "eval", "time": time.time(), "step": step, "epoch": epoch,
                     "epochs_done": done, "split": split, "seconds": seconds, **results})
-        self.curves()
+        if step > 0:  # before the first step there is no curve yet (that point is drawn later)
+            self.curves()
 
     def curves(self, final: bool = False) -> Path | None:
         """(Re)draw ``curves.png`` from metrics.jsonl; between evaluations closer than

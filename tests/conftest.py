@@ -5,6 +5,7 @@ import logging
 import os
 from fractions import Fraction
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import pytest
@@ -63,6 +64,41 @@ def made_once(tmp_path_factory, name: str, make) -> Path:
             make(folder)
             done.touch()
     return folder
+
+
+def run_main(main, *argv: str) -> int:
+    """A command's ``main(argv)`` run in this process as its ``python -m`` entry runs it
+    (``errors.exit_code``: a UserError is one ``error:`` paragraph and exit code 2; argparse
+    exits 2 by itself): the exit code; the test reads what it printed with capsys. For
+    refusals and other quick paths, where a subprocess would spend its seconds importing
+    torch (each command's own ``python -m`` entry is still run as a process elsewhere)."""
+    from clip4clip_dali.errors import exit_code
+
+    try:
+        return exit_code(lambda: main(list(argv)))
+    except SystemExit as e:
+        return e.code if isinstance(e.code, int) else 1
+
+
+class Ran(NamedTuple):
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_here(module: str, *argv: str) -> Ran:
+    """``python -m <module> <argv>`` run in this process (``run_main``), what it prints
+    captured: a subprocess spends about 4 CPU-s importing torch and open_clip before it does
+    anything, this process has them already."""
+    import contextlib
+    import importlib
+    import io
+
+    main = importlib.import_module(module).main
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = run_main(main, *argv)
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def require_realdata() -> Path:

@@ -1,16 +1,14 @@
-"""Trainer entry for tests, with one fault injected (chosen by CLIP4CLIP_FAULT).
+"""Trainer entry for tests under torchrun, with a fault injected (chosen by CLIP4CLIP_FAULT).
 
-- ``rank1_fails``: under torchrun, rank 1 raises at its second step.
-- ``nan_at_step2``: the loss of the second step is NaN (one bad batch, weights still finite).
+- ``rank1_fails``: rank 1 raises at its second step.
 """
 import os
 import sys
 
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-import torch  # noqa: E402
-
 from clip4clip_dali import engine, train  # noqa: E402
+from clip4clip_dali.errors import run_cli  # noqa: E402
 
 FAULT = os.environ.get("CLIP4CLIP_FAULT", "")
 
@@ -24,13 +22,4 @@ if FAULT == "rank1_fails" and os.environ.get("RANK") == "1":
 
     engine.Trainer.train_step = failing_step
 
-if FAULT == "nan_at_step2":
-    _fb = engine.Trainer._forward_backward
-
-    def nan_once(self, batch):
-        loss = _fb(self, batch)
-        return loss * torch.nan if self.state.step == 1 else loss
-
-    engine.Trainer._forward_backward = nan_once
-
-sys.exit(train.main(sys.argv[1:]))
+run_cli(lambda: train.main(sys.argv[1:]))

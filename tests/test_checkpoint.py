@@ -278,7 +278,7 @@ def test_original_checkpoint_through_the_clis(tmp_path):
     from clip4clip_dali.config import load_config
     from clip4clip_dali.data.synthetic import generate_dataset
     from clip4clip_dali.model import CLIP4Clip
-    from test_train import check, run_train, tiny_args
+    from test_train import check, tiny_args, train_here
 
     data = tmp_path / "data"
     generate_dataset(data, 12, codec="vp9", seed=2, min_seconds=2.0, max_seconds=3.0)
@@ -303,6 +303,6 @@ def test_original_checkpoint_through_the_clis(tmp_path):
         assert evaluate(args + ["--checkpoint", str(ck), "--split", "test"]) == 0
         results.append(json.loads((tmp_path / "eval_test.json").read_text())["plain"])
     assert results[0] == results[1]
-    check(run_train(tiny_args(data, tmp_path / "run2", "train.max_steps=1",
+    check(train_here(tiny_args(data, tmp_path / "run2", "train.max_steps=1",
                               "model.sim_header=seqTransf", "model.cross_num_hidden_layers=2",
                               f"train.init_model={orig}")))

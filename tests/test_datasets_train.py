@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 
 from layout_fixtures import own_clips_records, write_clips, write_lines, write_msrvtt
-from test_train import DEMO, check, losses, run_train
+from test_train import DEMO, check, losses, train_here
 
 TRAIN, TEST = ["video0", "video1", "video2", "video3", "video4"], ["video5", "video6", "video7"]
 
@@ -38,13 +38,13 @@ def test_msrvtt_one_epoch_with_dali(tmp_path):
     data = ["data.dataset=msrvtt", f"data.data_path={root / 'msrvtt_data'}",
             f"data.features_path={root / 'MSRVTT_Videos'}", "data.loader=dali",
             "data.frame_cache=false"]
-    p = run_train(args(out, *data))
+    p = train_here(args(out, *data))
     check(p)
     assert len(losses(out)) == 1  # 5 train videos: one batch of 4
     assert "dali" in p.stderr
     res = check_run(out, "test")
     assert res["videos"] == 3 and res["captions"] == 3  # the 1k-A layout: a caption a video
-    e = run_train(args(out, *data) + ["--checkpoint", str(out / "best.pt"), "--split", "val"],
+    e = train_here(args(out, *data) + ["--checkpoint", str(out / "best.pt"), "--split", "val"],
                   module="clip4clip_dali.evaluate")
     check(e)
     assert json.loads((out / "eval_val.json").read_text())["videos"] == 3
@@ -57,7 +57,7 @@ def test_own_clips_one_epoch(tmp_path):
     splits = {v: "train" for v in TRAIN} | {"video5": "val", "video6": "test", "video7": "test"}
     path = write_lines(root / "dataset.jsonl", own_clips_records(clips, root, splits))
     out = tmp_path / "run"
-    p = run_train(args(out, "data.dataset=jsonl", f"data.data_path={path}"))
+    p = train_here(args(out, "data.dataset=jsonl", f"data.data_path={path}"))
     check(p)
     assert len(losses(out)) == 2  # 10 (video, caption) pairs, batches of 4
     res = check_run(out, "test")
@@ -68,7 +68,7 @@ def test_too_few_training_samples_counts_videos_when_captions_are_drawn(tmp_path
     root = tmp_path / "msrvtt"
     write_clips(root / "MSRVTT_Videos", TRAIN + ["video5"])
     write_msrvtt(root / "msrvtt_data", TRAIN, ["video5"])  # 5 videos, 15 captions
-    p = run_train(args(tmp_path / "run", "data.dataset=msrvtt", "train.batch_size=8",
+    p = train_here(args(tmp_path / "run", "data.dataset=msrvtt", "train.batch_size=8",
                        f"data.data_path={root / 'msrvtt_data'}",
                        f"data.features_path={root / 'MSRVTT_Videos'}"))
     assert p.returncode != 0

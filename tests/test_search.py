@@ -12,6 +12,10 @@ import torch
 pytest.register_assert_rewrite("search_fixtures")
 from search_fixtures import check, run_module, save_untrained  # noqa: E402
 
+from clip4clip_dali.archive.index import main as index_main  # noqa: E402
+from clip4clip_dali.archive.search import main as search_main  # noqa: E402
+from conftest import run_here, run_main  # noqa: E402
+
 pytest_plugins = ["search_fixtures"]
 
 HIT_KEYS = {"rank", "score", "id", "path", "rid", "duration"}
@@ -62,8 +66,8 @@ def test_round_trip_finds_the_captioned_video(folder_index, clips, tmp_path):
     assert rate >= 0.6, rate
 
     # several queries on the command line, text output: rank, score, id, path
-    p = run_module("clip4clip_dali.search", "--index", str(folder_index), queries[0][0],
-                   queries[-1][0], "--top-k", "3")
+    p = run_here("clip4clip_dali.search", "--index", str(folder_index), queries[0][0],
+                 queries[-1][0], "--top-k", "3")
     check(p)
     lines = p.stdout.splitlines()
     assert lines[0] == f"query: {queries[0][0]}"
@@ -152,14 +156,14 @@ def test_reindex_encodes_only_added_and_changed_and_resumes(trained, clips, tmp_
     assert (s["encoded"], s["videos"]) == (0, 5) and not (out / "parts").exists()
 
 
-def test_another_model_is_refused(trained, folder_index, clips, tmp_path):
+def test_another_model_is_refused(trained, folder_index, clips, tmp_path, capsys):
     from clip4clip_dali.archive.video_index import VideoIndex, VideoIndexError
 
     other = save_untrained(tmp_path / "other.pt")
-    p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(other),
-                   "--videos", str(clips / "videos"), "--out", str(folder_index))
-    check(p, 2)
-    assert "was built by" in p.stderr and "--rebuild" in p.stderr and "Traceback" not in p.stderr
+    assert run_main(index_main, "--no-progress", "--checkpoint", str(other),
+                    "--videos", str(clips / "videos"), "--out", str(folder_index)) == 2
+    err = capsys.readouterr().err
+    assert "was built by" in err and "--rebuild" in err and "Traceback" not in err
     with pytest.raises(VideoIndexError, match="was built by"):
         VideoIndex(folder_index).open_model(other)
     # the same bytes elsewhere are the same model
@@ -173,18 +177,18 @@ def test_another_model_is_refused(trained, folder_index, clips, tmp_path):
     assert VideoIndex(copy).identity["checkpoint"] == str(other.resolve())
 
 
-def test_cli_refusals_are_one_clear_line(trained, tmp_path):
+def test_cli_refusals_are_one_clear_line(trained, tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()
     (empty / "notes.txt").write_text("no video here")
-    for module, args, message in (
-            ("clip4clip_dali.index", ["--checkpoint", str(trained), "--videos", str(empty),
-                                      "--out", str(tmp_path / "i")], "no video files"),
-            ("clip4clip_dali.search", ["--index", str(empty), "anything"], "not a video index"),
-            ("clip4clip_dali.search", ["--index", str(empty)], "no query")):
-        p = run_module(module, *args)
-        check(p, 2)
-        assert message in p.stderr and "Traceback" not in p.stderr, p.stderr
+    for main, args, message in (
+            (index_main, ["--checkpoint", str(trained), "--videos", str(empty),
+                          "--out", str(tmp_path / "i")], "no video files"),
+            (search_main, ["--index", str(empty), "anything"], "not a video index"),
+            (search_main, ["--index", str(empty)], "no query")):
+        assert run_main(main, *args) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.startswith("error:") and "Traceback" not in err, err
 
 
 def test_unreadable_videos_are_listed_and_skipped(trained, clips, tmp_path):

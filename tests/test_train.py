@@ -1,7 +1,9 @@
 """The trainer end to end on a tiny synthetic dataset (CPU): resume, DDP, precision, signals.
 
-Every run is a subprocess (as users run it), so OMP_WAIT_POLICY=PASSIVE is set before torch
-loads, and signals and exit codes are real.
+Runs whose subject is the process (signals, SIGKILL, torchrun, the demo as the README runs it)
+are subprocesses, so signals and exit codes are real; the others run in this process
+(``train_here``), whose torch and open_clip are imported already. Either way
+OMP_WAIT_POLICY=PASSIVE is set before torch loads (conftest).
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import made_once
+from conftest import Ran, made_once, run_here, run_main
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -62,6 +64,13 @@ def run_train(args: list[str], timeout: float = 300, module: str = "clip4clip_da
                           timeout=timeout)
 
 
+def train_here(args: list[str], module: str = "clip4clip_dali.train") -> Ran:
+    """``run_train`` in this process (conftest.run_here): for runs whose subject is not the
+    process; signals, kills and torchrun stay subprocesses, and so does the demo (the README's
+    command)."""
+    return run_here(module, *args)
+
+
 def losses(out: Path) -> list[float]:
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in recs if r["kind"] == "train"]
@@ -80,7 +89,7 @@ def two_epochs(tiny_data, tmp_path_factory) -> tuple[Path, str]:
     stderr: the reference of the resume and the SIGKILL tests, trained once a run (shared by
     the xdist workers; tests only read it)."""
     def make(folder: Path) -> None:
-        p = run_train(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS))
+        p = train_here(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS))
         check(p)
         (folder / "stderr.txt").write_text(p.stderr)
 
@@ -93,7 +102,7 @@ def three_steps(tiny_data, tmp_path_factory) -> Path:
     """The same run stopped by max_steps after 3 steps (mid-epoch): the resume test resumes a
     copy of it, and it is the one-rank reference of the two-rank run. Made once a run."""
     def make(folder: Path) -> None:
-        check(run_train(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS, "train.max_steps=3")))
+        check(train_here(tiny_args(tiny_data, folder / "run", *TWO_EPOCHS, "train.max_steps=3")))
 
     return made_once(tmp_path_factory, "three_steps", make) / "run"
 
@@ -110,7 +119,7 @@ def test_resume_continues_exactly_and_evaluate_cli(tiny_data, two_epochs, three_
     shutil.copytree(three_steps, b)
     obj = torch.load(b / "latest.pt", weights_only=True)
     assert obj["step"] == 3 and obj["batch_in_epoch"] == 3 and obj["epoch"] == 0
-    check(run_train(tiny_args(tiny_data, b, *TWO_EPOCHS) + ["--resume", "auto"]))
+    check(train_here(tiny_args(tiny_data, b, *TWO_EPOCHS) + ["--resume", "auto"]))
     assert losses(b) == full
     # weights equal too
     wa = torch.load(a / "latest.pt", weights_only=True)["model"]
@@ -161,7 +170,7 @@ def test_amp_bf16_with_compile(tiny_data, tmp_path):
 
 def test_accumulation_and_fp16_modes_run(tiny_data, tmp_path):
     out = tmp_path / "acc"
-    check(run_train(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
+    check(train_here(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
                               "train.precision=amp_fp16", "train.max_steps=2",
                               "train.eval_every_epoch=false", "eval.test_at_end=true",
                               "eval.index_test_split=false")))  # the demo's index: its own test
@@ -216,7 +225,7 @@ def test_sigkill_mid_run_then_resume_finishes_like_an_uninterrupted_run(tiny_dat
     finally:
         if p.poll() is None:
             p.kill()
-    check(run_train(tiny_args(tiny_data, out, *extra) + ["--resume", "auto"]))
+    check(train_here(tiny_args(tiny_data, out, *extra) + ["--resume", "auto"]))
     a = torch.load(ref / "latest.pt", weights_only=True)
     b = torch.load(out / "latest.pt", weights_only=True)
     assert a["step"] == b["step"] and a["epoch"] == b["epoch"] == 2
@@ -225,7 +234,7 @@ def test_sigkill_mid_run_then_resume_finishes_like_an_uninterrupted_run(tiny_dat
 
 def test_nonfinite_stop_reports_and_saves_nothing(tiny_data, tmp_path):
     out = tmp_path / "nan"
-    p = run_train(tiny_args(tiny_data, out, "train.lr=1.0e+30", "train.nonfinite_loss=stop",
+    p = train_here(tiny_args(tiny_data, out, "train.lr=1.0e+30", "train.nonfinite_loss=stop",
                             "train.warmup_proportion=0.0", "train.max_grad_norm=0",
                             "train.eval_every_epoch=false", "train.checkpoint_every=1"))
     assert p.returncode == 2, p.stderr[-3000:]
@@ -235,13 +244,19 @@ def test_nonfinite_stop_reports_and_saves_nothing(tiny_data, tmp_path):
         assert all(torch.isfinite(v).all() for v in sd.values() if v.is_floating_point())
 
 
-def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_data, tmp_path):
+def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_data, tmp_path, monkeypatch):
+    from clip4clip_dali import engine
+
+    forward_backward = engine.Trainer._forward_backward
+
+    def nan_at_step2(self, batch):  # one bad batch: its loss is NaN, the weights still finite
+        loss = forward_backward(self, batch)
+        return loss * torch.nan if self.state.step == 1 else loss
+
+    monkeypatch.setattr(engine.Trainer, "_forward_backward", nan_at_step2)
     out = tmp_path / "skip"
-    cmd = [sys.executable, str(REPO / "tests" / "fault_launcher.py"),
-           *tiny_args(tiny_data, out, "train.nonfinite_loss=skip", "train.max_steps=4",
-                      "train.eval_every_epoch=false", "train.epochs=2")]
-    p = subprocess.run(cmd, cwd=REPO, env={**env(), "CLIP4CLIP_FAULT": "nan_at_step2"},
-                       capture_output=True, text=True, timeout=300)
+    p = train_here(tiny_args(tiny_data, out, "train.nonfinite_loss=skip", "train.max_steps=4",
+                             "train.eval_every_epoch=false", "train.epochs=2"))
     check(p)
     assert "skipping this step" in p.stderr
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
@@ -253,16 +268,22 @@ def test_nonfinite_skip_drops_the_step_and_trains_on(tiny_data, tmp_path):
     assert all(torch.isfinite(v).all() for v in obj["model"].values() if v.is_floating_point())
 
 
-def test_user_errors_exit_2_without_traceback(tmp_path):
-    p = run_train(["--config", DEMO, "--set", f"data.data_path={tmp_path / 'missing'}",
-                   "--set", "data.synthetic.videos=0", "--set", f"train.output_dir={tmp_path}"])
-    assert p.returncode == 2 and "error:" in p.stderr and "Traceback" not in p.stderr
-    p = run_train(["--config", str(tmp_path / "nope.yaml")])
-    assert p.returncode == 2 and "Traceback" not in p.stderr
+def test_user_errors_exit_2_without_traceback(tmp_path, capsys):
+    from clip4clip_dali import train
+
+    def refused(*argv: str) -> str:
+        assert run_main(train.main, *argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error:") and "Traceback" not in err, err
+        return err
+
+    refused("--config", DEMO, "--set", f"data.data_path={tmp_path / 'missing'}",
+            "--set", "data.synthetic.videos=0", "--set", f"train.output_dir={tmp_path}")
+    assert "nope.yaml" in refused("--config", str(tmp_path / "nope.yaml"))
     # a bad --resume is refused before the (missing) synthetic dataset is generated
-    p = run_train(["--config", DEMO, "--resume", str(tmp_path / "nope.pt"), "--set",
-                   f"train.output_dir={tmp_path}", "--set", f"data.data_path={tmp_path / 'syn'}"])
-    assert p.returncode == 2 and "Traceback" not in p.stderr and "nope.pt" in p.stderr
+    assert "nope.pt" in refused("--config", DEMO, "--resume", str(tmp_path / "nope.pt"),
+                                "--set", f"train.output_dir={tmp_path}",
+                                "--set", f"data.data_path={tmp_path / 'syn'}")
     assert not (tmp_path / "syn").exists()
 
 
@@ -317,7 +338,7 @@ def test_trains_and_evaluates_on_real_msvd_clips(tmp_path, prepared):
               f"train.output_dir={run}", "train.log_every=1",
               "eval.index_test_split=false"):  # indexing (a worker pool): tested elsewhere
         args += ["--set", s]
-    p = run_train(args)
+    p = train_here(args)
     check(p)
     from clip4clip_dali.data.loaders.torchcodec_loader import torchcodec_import_error
 

@@ -74,7 +74,8 @@ def results_json(searcher, queries: list[str], hits: list[list[dict]]) -> dict:
             "results": [{"query": q, "hits": h} for q, h in zip(queries, hits)]}
 
 
-def print_results(queries: list[str], hits: list[list[dict]], score_kind: str, out=sys.stdout) -> None:
+def print_results(queries: list[str], hits: list[list[dict]], score_kind: str, out=None) -> None:
+    out = out or sys.stdout  # looked up when called, so a redirected stdout is followed
     for q, hs in zip(queries, hits):
         timed = any("start" in h for h in hs)
         print(f"query: {q}", file=out)
