@@ -103,9 +103,8 @@ def folder_index(trained, clips, tmp_path_factory) -> Path:
     import json
 
     def make(folder: Path) -> None:
-        p = run_module("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
-                       "--videos", str(clips / "videos"), "--out", str(folder / "index"),
-                       "--json")
+        p = run_here("clip4clip_dali.index", "--no-progress", "--checkpoint", str(trained),
+                     "--videos", str(clips / "videos"), "--out", str(folder / "index"), "--json")
         check(p)
         s = json.loads(p.stdout[p.stdout.index("{"):])
         assert (s["videos"] == s["encoded"] == CLIPS and s["failed"] == []

@@ -13,8 +13,8 @@ import warnings
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
+from conftest import run_ranks
 from test_model import make_batch, tiny_model
 
 WORLD = 2
@@ -68,7 +68,7 @@ def _single(sim_header: str, batch) -> tuple[torch.Tensor, dict[str, torch.Tenso
 @pytest.fixture(scope="module")
 def dist_results(tmp_path_factory):
     d = tmp_path_factory.mktemp("dist")
-    mp.spawn(_worker, args=(str(d / "init"), str(d)), nprocs=WORLD, join=True)
+    run_ranks(_worker, lambda r: (r, str(d / "init"), str(d)), range(WORLD), 300)
     return torch.load(d / "dist.pt", weights_only=False)
 
 

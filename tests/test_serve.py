@@ -11,7 +11,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port
+from conftest import free_port, run_main
 
 pytest.register_assert_rewrite("search_fixtures")
 from search_fixtures import REPO, chromium_driver, env  # noqa: E402
@@ -214,13 +214,13 @@ def test_a_replaced_clip_is_never_served(clips, tmp_path):
     assert client.get(f"/video/{c.rid}").status_code == 200
 
 
-def test_bad_arguments_are_one_line(tmp_path):
+def test_bad_arguments_are_one_line(tmp_path, capsys):
+    from clip4clip_dali.serve import main
+
     for args, message in ((["--port", "99999"], "--port 99999 is not a port"),
                           (["--port", "0"], "--port 0 is not a port"),
                           (["--host", "not an address"], "--host not an address"),
                           (["--threads", "0"], "--threads")):
-        p = subprocess.run([sys.executable, "-m", "clip4clip_dali.serve", "--index",
-                            str(tmp_path), *args], cwd=REPO, env=env(), capture_output=True,
-                           text=True, timeout=120)
-        assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
-        assert "Traceback" not in p.stderr and len(p.stderr.strip().splitlines()) == 1
+        assert run_main(main, "--index", str(tmp_path), *args) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
