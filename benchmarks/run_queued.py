@@ -14,6 +14,7 @@ several tests read. Exits 1 when a stage failed.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 import runpy
 import subprocess
@@ -79,6 +80,9 @@ def run_command(argv: list[str]) -> int:
         return 1
     finally:
         sys.argv = saved
+        # A CLI's run_cli froze every object for its process's exit
+        # (errors.skip_the_last_collection); this process goes on, so they are collectable again.
+        gc.unfreeze()
 
 
 def main(argv: list[str]) -> int:
