@@ -29,12 +29,13 @@ def free_port() -> int:
 
 
 def run_ranks(target, args_of_rank, ranks, timeout: float) -> None:
-    """Start ``target(*args_of_rank(r))`` in a spawned process per rank; every rank must exit 0
-    within ``timeout`` seconds (a hung rank is killed and fails the test)."""
-    import torch.multiprocessing as mp
+    """Start ``target(*args_of_rank(r))`` in a clean process per rank (the loaders' forkserver,
+    torch already imported there: a spawned rank spent about 2 CPU-s importing it); every
+    rank must exit 0 within ``timeout`` seconds (a hung rank is killed and fails the test)."""
+    from clip4clip_dali.data.loaders.reference import worker_context
 
-    ctx = mp.get_context("spawn")
-    procs = [ctx.Process(target=_rank, args=(target, *args_of_rank(r))) for r in ranks]
+    ctx = worker_context()
+    procs = [ctx.Process(target=target, args=args_of_rank(r)) for r in ranks]
     for p in procs:
         p.start()
     for p in procs:
@@ -43,15 +44,6 @@ def run_ranks(target, args_of_rank, ranks, timeout: float) -> None:
         if p.is_alive():
             p.kill()
         assert p.exitcode == 0, "a rank hung or failed"
-
-
-def _rank(target, *args) -> None:
-    """A spawned rank: ``target(*args)``, then an exit without the last garbage collection
-    (a spawned process ends through the interpreter's teardown, about 1 s of CPU here)."""
-    from clip4clip_dali.errors import skip_the_last_collection
-
-    target(*args)
-    skip_the_last_collection()
 
 
 def made_once(tmp_path_factory, name: str, make) -> Path:

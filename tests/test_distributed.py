@@ -1,7 +1,6 @@
 """Evaluation's gather across ranks holding different numbers of videos (including none)."""
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from clip4clip_dali.distributed import all_gather_varlen
 from conftest import free_port, run_ranks
@@ -53,7 +52,9 @@ def _stalling_worker(rank: int, port: int, out_dir: str) -> None:
 
 def test_collective_fails_after_the_configured_timeout(tmp_path):
     port = free_port()
-    ctx = mp.get_context("spawn")
+    from clip4clip_dali.data.loaders.reference import worker_context
+
+    ctx = worker_context()  # as run_ranks: torch is imported in the server already
     procs = [ctx.Process(target=_stalling_worker, args=(r, port, str(tmp_path))) for r in (0, 1)]
     for p in procs:
         p.start()
