@@ -30,7 +30,8 @@ def test_a_user_error_is_one_line_and_code_2(unfreeze, capsys):
     with pytest.raises(SystemExit) as e:
         run_cli(main)
     assert e.value.code == 2 and gc.get_freeze_count() > 0
-    assert capsys.readouterr().err == "error: data.data_path = /nowhere does not exist; pass the folder.\n"
+    err = capsys.readouterr().err
+    assert err == "error: data.data_path = /nowhere does not exist; pass the folder.\n"
 
 
 def test_exit_code_runs_main_in_this_process_without_freezing(capsys):

@@ -16,7 +16,7 @@ import torch
 
 from clip4clip_dali.distributed import env_ranks
 from clip4clip_dali.errors import UserError
-from conftest import REPO, free_port
+from conftest import REPO, free_port, run_here
 from dali_fixtures import CPU_SPECS, data_config, make_dataset
 
 sys.path.insert(0, str(REPO / "pipelines"))
@@ -45,29 +45,37 @@ def shard_set(tmp_path_factory):
     return root / "shards" / "manifest.json"
 
 
-def _train(manifest, out, *extra, resume=False) -> subprocess.Popen:
+def _args(manifest, out, *extra) -> list[str]:
     sets = ["data.dataset=shards", f"data.data_path={manifest}", "data.dali_threads=1",
             "data.synthetic.videos=0", "data.frame_cache=false", "train.epochs=2",
             "train.batch_size=2", "train.checkpoint_every=1", "train.log_every=1",
             "train.eval_every_epoch=false", "eval.test_at_end=false", "eval.index_test_split=false",
-            f"train.output_dir={out}",
-            *extra]
-    cmd = [sys.executable, "-m", "clip4clip_dali.train", "--config",
-           str(REPO / "configs" / "demo.yaml"), *[x for s in sets for x in ("--set", s)]]
+            f"train.output_dir={out}", *extra]
+    return ["--config", str(REPO / "configs" / "demo.yaml"),
+            *[x for s in sets for x in ("--set", s)]]
+
+
+def _train(manifest, out) -> subprocess.Popen:
+    """The run as a process of its own, on one thread."""
     env = {k: v for k, v in os.environ.items() if k not in ("WORLD_SIZE", "RANK")}
     env.update(PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.Popen(cmd + (["--resume", "auto"] if resume else []), cwd=REPO, env=env,
+    return subprocess.Popen([sys.executable, "-m", "clip4clip_dali.train",
+                             *_args(manifest, out)], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _finish(p: subprocess.Popen, timeout: float = 120) -> str:
+def _train_here(manifest, out, *extra, resume=False) -> str:
+    """The run in this process, on one thread as ``_train``'s (their losses are compared bit
+    for bit); what it logged."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
     try:
-        log = p.communicate(timeout=timeout)[0]
+        p = run_here("clip4clip_dali.train", *_args(manifest, out, *extra),
+                     *(["--resume", "auto"] if resume else []))
     finally:
-        if p.poll() is None:
-            p.kill()
-    assert p.returncode == 0, log[-4000:]
-    return log
+        torch.set_num_threads(threads)
+    assert p.returncode == 0, p.stderr[-4000:]
+    return p.stderr
 
 
 def _step_losses(out) -> dict[int, float]:
@@ -77,8 +85,9 @@ def _step_losses(out) -> dict[int, float]:
 
 
 def test_killed_training_resumes_from_its_mid_epoch_checkpoint_exactly(shard_set, tmp_path):
+    """Killed as a process of its own; the uninterrupted run and the resume in this process."""
     full, killed = tmp_path / "full", tmp_path / "killed"
-    a, b = _train(shard_set, full), _train(shard_set, killed)  # side by side: half the wall time
+    b = _train(shard_set, killed)
     try:
         metrics, deadline = killed / "metrics.jsonl", time.monotonic() + 120
         # step 2 logged: step 1's checkpoint is written (checkpoint_every=1 saves after logging)
@@ -94,9 +103,8 @@ def test_killed_training_resumes_from_its_mid_epoch_checkpoint_exactly(shard_set
     state = torch.load(killed / "latest.pt", weights_only=True)
     # 5 videos x 2 captions = 10 pairs, batch 2: 5 steps an epoch, 10 in all
     assert state["epoch"] == 0 and 1 <= state["batch_in_epoch"] <= 4, state["batch_in_epoch"]
-    log = _finish(_train(shard_set, killed, resume=True))
-    assert "dali-shards" in log
-    _finish(a)
+    assert "dali-shards" in _train_here(shard_set, killed, resume=True)
+    _train_here(shard_set, full)
     want = _step_losses(full)
     assert sorted(want) == list(range(1, 11)) and _step_losses(killed) == want
     wa = torch.load(full / "latest.pt", weights_only=True)["model"]
