@@ -304,5 +304,5 @@ def test_original_checkpoint_through_the_clis(tmp_path):
         results.append(json.loads((tmp_path / "eval_test.json").read_text())["plain"])
     assert results[0] == results[1]
     check(train_here(tiny_args(data, tmp_path / "run2", "train.max_steps=1",
-                              "model.sim_header=seqTransf", "model.cross_num_hidden_layers=2",
-                              f"train.init_model={orig}")))
+                               "model.sim_header=seqTransf", "model.cross_num_hidden_layers=2",
+                               f"train.init_model={orig}")))

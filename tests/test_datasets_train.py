@@ -1,6 +1,7 @@
 """The trainer end to end, one epoch, on the MSR-VTT and JSON Lines layouts (tiny model, CPU,
 VP9 and MJPEG clips so DALI's CPU decoder is exercised): train, validate, test at the end,
-then the evaluate CLI. MSVD's own run is in test_train.py."""
+then the evaluate CLI, each in this process (test_train.train_here). MSVD's own run is in
+test_train.py."""
 from __future__ import annotations
 
 import json
@@ -45,7 +46,7 @@ def test_msrvtt_one_epoch_with_dali(tmp_path):
     res = check_run(out, "test")
     assert res["videos"] == 3 and res["captions"] == 3  # the 1k-A layout: a caption a video
     e = train_here(args(out, *data) + ["--checkpoint", str(out / "best.pt"), "--split", "val"],
-                  module="clip4clip_dali.evaluate")
+                   module="clip4clip_dali.evaluate")
     check(e)
     assert json.loads((out / "eval_val.json").read_text())["videos"] == 3
 
@@ -69,7 +70,7 @@ def test_too_few_training_samples_counts_videos_when_captions_are_drawn(tmp_path
     write_clips(root / "MSRVTT_Videos", TRAIN + ["video5"])
     write_msrvtt(root / "msrvtt_data", TRAIN, ["video5"])  # 5 videos, 15 captions
     p = train_here(args(tmp_path / "run", "data.dataset=msrvtt", "train.batch_size=8",
-                       f"data.data_path={root / 'msrvtt_data'}",
-                       f"data.features_path={root / 'MSRVTT_Videos'}"))
+                        f"data.data_path={root / 'msrvtt_data'}",
+                        f"data.features_path={root / 'MSRVTT_Videos'}"))
     assert p.returncode != 0
     assert "has 5 training samples, fewer than one global batch" in p.stderr

@@ -171,9 +171,9 @@ def test_amp_bf16_with_compile(tiny_data, tmp_path):
 def test_accumulation_and_fp16_modes_run(tiny_data, tmp_path):
     out = tmp_path / "acc"
     check(train_here(tiny_args(tiny_data, out, "train.gradient_accumulation_steps=2",
-                              "train.precision=amp_fp16", "train.max_steps=2",
-                              "train.eval_every_epoch=false", "eval.test_at_end=true",
-                              "eval.index_test_split=false")))  # the demo's index: its own test
+                               "train.precision=amp_fp16", "train.max_steps=2",
+                               "train.eval_every_epoch=false", "eval.test_at_end=true",
+                               "eval.index_test_split=false")))  # the demo's index: tested apart
     assert len(losses(out)) == 2
     # a run cut by max_steps is tested at the end, not before training
     assert (out / "eval_test.json").is_file() and not (out / "eval_test_before.json").exists()
@@ -235,8 +235,8 @@ def test_sigkill_mid_run_then_resume_finishes_like_an_uninterrupted_run(tiny_dat
 def test_nonfinite_stop_reports_and_saves_nothing(tiny_data, tmp_path):
     out = tmp_path / "nan"
     p = train_here(tiny_args(tiny_data, out, "train.lr=1.0e+30", "train.nonfinite_loss=stop",
-                            "train.warmup_proportion=0.0", "train.max_grad_norm=0",
-                            "train.eval_every_epoch=false", "train.checkpoint_every=1"))
+                             "train.warmup_proportion=0.0", "train.max_grad_norm=0",
+                             "train.eval_every_epoch=false", "train.checkpoint_every=1"))
     assert p.returncode == 2, p.stderr[-3000:]
     assert "non-finite" in p.stderr and "Traceback" not in p.stderr
     if (out / "latest.pt").exists():  # anything saved must hold finite weights
