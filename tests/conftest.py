@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import logging
 import os
+import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 from typing import NamedTuple
@@ -79,6 +81,32 @@ def run_main(main, *argv: str) -> int:
         return exit_code(lambda: main(list(argv)))
     except SystemExit as e:
         return e.code if isinstance(e.code, int) else 1
+
+
+def env() -> dict:
+    """The environment of a command a test starts: unbuffered, and not inside torchrun."""
+    e = dict(os.environ)
+    e["PYTHONUNBUFFERED"] = "1"
+    e.pop("WORLD_SIZE", None)
+    return e
+
+
+def run_module(module: str, *args: str, timeout: float = 300, torchrun: int = 0
+               ) -> subprocess.CompletedProcess:
+    """``python -m <module> <args>`` as a process of its own (under torchrun with ``torchrun``
+    ranks), from the repository, its output captured."""
+    cmd = [sys.executable, "-m", module, *args]
+    if torchrun:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
+               f"--nproc_per_node={torchrun}", "-m", module, *args]
+    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def check(p, rc: int = 0) -> None:
+    """``p`` (``run_module``'s or ``run_here``'s) ended with ``rc``; else its output's tail."""
+    assert p.returncode == rc, (f"rc {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\n"
+                                f"STDERR\n{p.stderr[-5000:]}")
 
 
 class Ran(NamedTuple):

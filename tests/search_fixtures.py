@@ -6,39 +6,15 @@ trained once a run (once for all xdist workers, through ``conftest.made_once``).
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import made_once, run_here
+from conftest import check, made_once, run_here
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
 CLIPS = 12
-
-
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONUNBUFFERED"] = "1"
-    e.pop("WORLD_SIZE", None)
-    return e
-
-
-def run_module(module: str, *args: str, timeout: float = 300, torchrun: int = 0
-               ) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", module, *args]
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={torchrun}", "-m", module, *args]
-    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
-
-
-def check(p: subprocess.CompletedProcess, rc: int = 0) -> None:
-    assert p.returncode == rc, (f"rc {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\n"
-                                f"STDERR\n{p.stderr[-5000:]}")
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 pytest.register_assert_rewrite("search_fixtures")
-from search_fixtures import check, run_module, save_untrained  # noqa: E402
+from search_fixtures import save_untrained  # noqa: E402
 
 from clip4clip_dali.archive.index import main as index_main  # noqa: E402
 from clip4clip_dali.archive.search import main as search_main  # noqa: E402
-from conftest import run_here, run_main  # noqa: E402
+from conftest import check, run_here, run_main, run_module  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
 

@@ -11,10 +11,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from conftest import free_port, run_main
+from conftest import env, free_port, run_main
 
 pytest.register_assert_rewrite("search_fixtures")
-from search_fixtures import REPO, chromium_driver, env  # noqa: E402
+from search_fixtures import REPO, chromium_driver  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
 
@@ -223,4 +223,5 @@ def test_bad_arguments_are_one_line(tmp_path, capsys):
                           (["--threads", "0"], "--threads")):
         assert run_main(main, "--index", str(tmp_path), *args) == 2, args
         err = capsys.readouterr().err
-        assert message in err and len(err.strip().splitlines()) == 1, (args, err)
+        assert message in err and "Traceback" not in err, (args, err)
+        assert len(err.strip().splitlines()) == 1, (args, err)

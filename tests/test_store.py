@@ -17,7 +17,9 @@ import pytest
 import torch
 
 pytest.register_assert_rewrite("search_fixtures")
-from search_fixtures import REPO, env, save_untrained  # noqa: E402
+from search_fixtures import REPO, save_untrained  # noqa: E402
+
+from conftest import env  # noqa: E402
 
 pytest_plugins = ["search_fixtures"]
 

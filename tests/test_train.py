@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import signal
 import subprocess
@@ -20,7 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import Ran, made_once, run_here, run_main
+from conftest import Ran, check, env, made_once, run_here, run_main, run_module
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO = str(REPO / "configs" / "demo.yaml")
@@ -46,22 +45,9 @@ def tiny_args(data: Path, out: Path, *extra: str) -> list[str]:
     return ["--config", DEMO] + [x for s in sets for x in ("--set", s)]
 
 
-def env() -> dict:
-    e = dict(os.environ)
-    e["PYTHONUNBUFFERED"] = "1"
-    e.pop("WORLD_SIZE", None)
-    return e
-
-
 def run_train(args: list[str], timeout: float = 300, module: str = "clip4clip_dali.train",
               torchrun: int = 0) -> subprocess.CompletedProcess:
-    if torchrun:
-        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-               f"--nproc_per_node={torchrun}", "-m", module, *args]
-    else:
-        cmd = [sys.executable, "-m", module, *args]
-    return subprocess.run(cmd, cwd=REPO, env=env(), capture_output=True, text=True,
-                          timeout=timeout)
+    return run_module(module, *args, timeout=timeout, torchrun=torchrun)
 
 
 def train_here(args: list[str], module: str = "clip4clip_dali.train") -> Ran:
@@ -74,10 +60,6 @@ def train_here(args: list[str], module: str = "clip4clip_dali.train") -> Ran:
 def losses(out: Path) -> list[float]:
     recs = [json.loads(l) for l in (out / "metrics.jsonl").read_text().splitlines()]
     return [r["loss"] for r in recs if r["kind"] == "train"]
-
-
-def check(p: subprocess.CompletedProcess, rc: int = 0) -> None:
-    assert p.returncode == rc, f"rc {p.returncode}\nSTDOUT\n{p.stdout[-3000:]}\nSTDERR\n{p.stderr[-5000:]}"
 
 
 TWO_EPOCHS = ("train.epochs=2", "train.checkpoint_every=1")
