@@ -65,6 +65,19 @@ def test_tracker_draws_curves_at_evaluations_and_close(tmp_path):
     assert [(e["epochs_done"], e["R1"]) for e in evals] == [(0, 10.0), (1, 20.0), (2, 30.0)]
 
 
+def test_the_evaluation_before_the_first_step_draws_nothing(tmp_path):
+    tr = Tracker(tmp_path / "run", True, 2, None, None, frames_per_sample=4, log_every=1,
+                 use_progress=False, curves_every_s=0)
+    res = {"plain": {"t2v": {"R1": 10.0}, "v2t": {"R1": 10.0}}, "videos": 10}
+    tr.eval(step=0, epoch=0, split="val", results=res, seconds=0.1, epochs_done=0)
+    assert not (tmp_path / "run" / "curves.png").exists()  # no curve yet: one point
+    tr.step(step=1, epoch=0, loss=1.0, lr=1e-3, step_s=0.1, wait_s=0.0, samples=8, skipped=0,
+            grad_norm=1.0, device=torch.device("cpu"))
+    tr.eval(step=1, epoch=0, split="val", results=res, seconds=0.1)
+    assert (tmp_path / "run" / "curves.png").is_file()
+    tr.close()
+
+
 def test_tracker_throttles_drawing_but_always_draws_at_the_end(tmp_path):
     tr = _fake_run(tmp_path / "run", curves_every_s=3600)
     png = tmp_path / "run" / "curves.png"
