@@ -45,12 +45,12 @@ def shard_set(tmp_path_factory):
     return root / "shards" / "manifest.json"
 
 
-def _args(manifest, out, *extra) -> list[str]:
+def _args(manifest, out) -> list[str]:
     sets = ["data.dataset=shards", f"data.data_path={manifest}", "data.dali_threads=1",
             "data.synthetic.videos=0", "data.frame_cache=false", "train.epochs=2",
             "train.batch_size=2", "train.checkpoint_every=1", "train.log_every=1",
             "train.eval_every_epoch=false", "eval.test_at_end=false", "eval.index_test_split=false",
-            f"train.output_dir={out}", *extra]
+            f"train.output_dir={out}"]
     return ["--config", str(REPO / "configs" / "demo.yaml"),
             *[x for s in sets for x in ("--set", s)]]
 
@@ -64,13 +64,13 @@ def _train(manifest, out) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
-def _train_here(manifest, out, *extra, resume=False) -> str:
+def _train_here(manifest, out, resume=False) -> str:
     """The run in this process, on one thread as ``_train``'s (their losses are compared bit
     for bit); what it logged."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        p = run_here("clip4clip_dali.train", *_args(manifest, out, *extra),
+        p = run_here("clip4clip_dali.train", *_args(manifest, out),
                      *(["--resume", "auto"] if resume else []))
     finally:
         torch.set_num_threads(threads)
